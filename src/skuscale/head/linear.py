@@ -1,0 +1,124 @@
+"""Linear SKU classifier on L2-normalised embeddings with long-tail handling."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from skuscale._base import BaseEstimator, check_X, check_X_y, l2_normalize, softmax
+
+LONG_TAIL_METHODS = ("logit_adjust", "balanced", "none")
+
+
+class LinearHead(BaseEstimator):
+    """Multinomial logistic regression on unit-norm embeddings.
+
+    Parameters
+    ----------
+    C : float
+        Inverse L2 regularisation strength.
+    long_tail : {"logit_adjust", "balanced", "none"}
+        ``"logit_adjust"`` subtracts ``tau * log(prior)`` from the logits after
+        training (post-hoc logit adjustment, Menon et al., "Long-tail learning via
+        logit adjustment", ICLR 2021), ``"balanced"`` weights the loss by inverse
+        class frequency (Cui et al. 2019 use the effective number; plain inverse
+        frequency is the ``class_weight="balanced"`` special case).
+    tau : float
+        Strength of the logit adjustment.
+    max_iter : int
+        L-BFGS iterations.
+
+    Attributes
+    ----------
+    classes_ : ndarray of str, shape (k,)
+    coef_ : ndarray, shape (k, d)
+    intercept_ : ndarray, shape (k,)
+    log_prior_ : ndarray, shape (k,)
+        Log class frequencies seen in ``fit``.
+    n_features_in_ : int
+
+    Notes
+    -----
+    :meth:`imprint` adds a class without retraining by "weight imprinting" (Qi,
+    Brown & Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018): the new
+    weight vector is the normalised mean embedding scaled to the mean norm of the
+    trained weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        C: float = 10.0,
+        long_tail: str = "logit_adjust",
+        tau: float = 1.0,
+        max_iter: int = 300,
+    ):
+        self.C = C
+        self.long_tail = long_tail
+        self.tau = tau
+        self.max_iter = max_iter
+
+    def fit(self, X, y) -> LinearHead:
+        """Fit on embeddings ``X`` (n, d) and SKU labels ``y`` (n,)."""
+        from sklearn.linear_model import LogisticRegression
+
+        if self.long_tail not in LONG_TAIL_METHODS:
+            raise ValueError(f"long_tail must be one of {LONG_TAIL_METHODS}, got {self.long_tail!r}")
+        X, y = check_X_y(X, y)
+        classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+        if classes.size < 2:
+            raise ValueError("LinearHead needs at least two classes")
+        clf = LogisticRegression(
+            C=self.C,
+            max_iter=self.max_iter,
+            class_weight="balanced" if self.long_tail == "balanced" else None,
+        )
+        with warnings.catch_warnings():
+            # A capped L-BFGS run is still a good classifier; convergence is not the goal.
+            warnings.simplefilter("ignore")
+            clf.fit(l2_normalize(X), y_idx)
+        self.classes_ = classes.astype(str)
+        self.coef_ = clf.coef_.astype(np.float32)
+        self.intercept_ = clf.intercept_.astype(np.float32)
+        self.log_prior_ = np.log(counts / counts.sum()).astype(np.float32)
+        self.n_features_in_ = int(X.shape[1])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (n, k), long-tail adjusted."""
+        self._check_fitted()
+        X = check_X(X, n_features=self.n_features_in_)
+        logits = l2_normalize(X) @ self.coef_.T + self.intercept_
+        if self.long_tail == "logit_adjust":
+            logits = logits - self.tau * self.log_prior_
+        return logits.astype(np.float32)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Uncalibrated softmax probabilities (n, k)."""
+        return softmax(self.decision_function(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Arg-max SKU labels."""
+        return self.classes_[self.decision_function(X).argmax(axis=1)]
+
+    def imprint(self, sku: str, X) -> LinearHead:
+        """Add (or replace) class ``sku`` from one or more embeddings, without retraining."""
+        self._check_fitted()
+        X = check_X(X, n_features=self.n_features_in_)
+        direction = l2_normalize(l2_normalize(X).mean(axis=0, keepdims=True))[0]
+        weight = direction * float(np.linalg.norm(self.coef_, axis=1).mean())
+        bias = float(np.median(self.intercept_))
+        # An imprinted class has no training frequency; give it the median prior so the
+        # logit adjustment neither favours nor penalises it.
+        prior = float(np.median(self.log_prior_))
+        hit = np.flatnonzero(self.classes_ == sku)
+        if hit.size:
+            i = int(hit[0])
+            self.coef_[i], self.intercept_[i], self.log_prior_[i] = weight, bias, prior
+        else:
+            self.classes_ = np.append(self.classes_, sku)
+            self.coef_ = np.vstack([self.coef_, weight[None]]).astype(np.float32)
+            self.intercept_ = np.append(self.intercept_, bias).astype(np.float32)
+            self.log_prior_ = np.append(self.log_prior_, prior).astype(np.float32)
+        return self
