@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from skuscale._base import BaseEstimator, check_X, check_X_y, l2_normalize, softmax
+from skuscale.head._optim import lbfgs, softmax_regression_objective
 
 LONG_TAIL_METHODS = ("logit_adjust", "balanced", "none")
 
@@ -17,7 +16,8 @@ class LinearHead(BaseEstimator):
     Parameters
     ----------
     C : float
-        Inverse L2 regularisation strength.
+        Inverse L2 regularisation strength, as in scikit-learn: the objective is
+        ``C * sum(cross-entropy) + ||W||^2 / 2``.
     long_tail : {"logit_adjust", "balanced", "none"}
         ``"logit_adjust"`` subtracts ``tau * log(prior)`` from the logits after
         training (post-hoc logit adjustment, Menon et al., "Long-tail learning via
@@ -27,7 +27,7 @@ class LinearHead(BaseEstimator):
     tau : float
         Strength of the logit adjustment.
     max_iter : int
-        L-BFGS iterations.
+        L-BFGS iterations (see :mod:`skuscale.head._optim`).
 
     Attributes
     ----------
@@ -59,30 +59,40 @@ class LinearHead(BaseEstimator):
         self.tau = tau
         self.max_iter = max_iter
 
-    def fit(self, X, y) -> LinearHead:
-        """Fit on embeddings ``X`` (n, d) and SKU labels ``y`` (n,)."""
-        from sklearn.linear_model import LogisticRegression
+    def fit(self, X, y, *, init: LinearHead | None = None) -> LinearHead:
+        """Fit on embeddings ``X`` (n, d) and SKU labels ``y`` (n,).
 
+        ``init``, a fitted head whose classes include these, warm-starts the
+        optimiser (used when cross-fitting folds).
+        """
         if self.long_tail not in LONG_TAIL_METHODS:
             raise ValueError(f"long_tail must be one of {LONG_TAIL_METHODS}, got {self.long_tail!r}")
+        if not self.C > 0:
+            raise ValueError(f"C must be positive, got {self.C!r}")
         X, y = check_X_y(X, y)
-        classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+        classes, y_idx, counts = np.unique(y.astype(str), return_inverse=True, return_counts=True)
         if classes.size < 2:
             raise ValueError("LinearHead needs at least two classes")
-        clf = LogisticRegression(
-            C=self.C,
-            max_iter=self.max_iter,
-            class_weight="balanced" if self.long_tail == "balanced" else None,
+        n, d = X.shape
+        sample_weight = None
+        if self.long_tail == "balanced":
+            sample_weight = (n / (classes.size * counts))[y_idx]
+        weight_sum = n if sample_weight is None else float(sample_weight.sum())
+        objective = softmax_regression_objective(
+            l2_normalize(X), y_idx, classes.size, l2=1.0 / (self.C * weight_sum), sample_weight=sample_weight
         )
-        with warnings.catch_warnings():
-            # A capped L-BFGS run is still a good classifier; convergence is not the goal.
-            warnings.simplefilter("ignore")
-            clf.fit(l2_normalize(X), y_idx)
-        self.classes_ = classes.astype(str)
-        self.coef_ = clf.coef_.astype(np.float32)
-        self.intercept_ = clf.intercept_.astype(np.float32)
+        theta0 = np.zeros((d + 1, classes.size))
+        if init is not None and init.is_fitted() and np.isin(classes, init.classes_).all():
+            rows = np.searchsorted(init.classes_, classes) if np.all(init.classes_[:-1] <= init.classes_[1:]) \
+                else np.array([np.flatnonzero(init.classes_ == c)[0] for c in classes])
+            theta0 = np.vstack([init.coef_[rows].T, init.intercept_[rows][None]])
+        theta, self.n_iter_ = lbfgs(objective, theta0.ravel(), max_iter=self.max_iter)
+        theta = theta.reshape(d + 1, classes.size)
+        self.classes_ = classes
+        self.coef_ = np.ascontiguousarray(theta[:-1].T, dtype=np.float32)
+        self.intercept_ = theta[-1].astype(np.float32)
         self.log_prior_ = np.log(counts / counts.sum()).astype(np.float32)
-        self.n_features_in_ = int(X.shape[1])
+        self.n_features_in_ = int(d)
         return self
 
     def decision_function(self, X) -> np.ndarray:

@@ -1,0 +1,218 @@
+"""``skuscale build``: images in, a verified, calibrated, routed bundle out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skuscale.bundle import BACKBONE_FILE, Bundle
+from skuscale.data import Dataset, load_dataset, validate_dataset
+from skuscale.embed.cache import EmbeddingCache, content_key
+from skuscale.exceptions import SkuscaleError
+from skuscale.training import TrainingConfig, fit_recognition_model
+
+EXPORT_CHECK_IMAGES = 8
+
+
+def default_cache_dir() -> Path:
+    """``$SKUSCALE_CACHE``, else ``$XDG_CACHE_HOME/skuscale``, else ``~/.cache/skuscale``."""
+    if env := os.environ.get("SKUSCALE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "skuscale" / "embeddings"
+
+
+class BuildProgress:
+    """Progress hooks; the default does nothing. The CLI passes a rich-backed one."""
+
+    def step(self, message: str) -> None:
+        """A new stage starts."""
+
+    def embed_start(self, total: int, label: str) -> None:
+        """Embedding ``total`` images begins."""
+
+    def embed_advance(self, n: int) -> None:
+        """``n`` more images are embedded."""
+
+    def embed_end(self) -> None:
+        """Embedding finished."""
+
+
+@dataclass
+class BuildResult:
+    bundle: Bundle
+    seconds: float
+    cache_hits: int
+    cache_misses: int
+
+
+def _load_checked(path: str | os.PathLike, is_known_good: Callable[[Path], bool]) -> Dataset:
+    """Load and validate a dataset, fully decoding only images the cache has not seen.
+
+    An image whose exact bytes already have a cached embedding decoded fine before,
+    so a warm rebuild does not decode every file just to validate it.
+    """
+    ds = load_dataset(path, check_images=False)
+    unseen = [i for i, item in enumerate(ds.items) if not is_known_good(item.path)]
+    if unseen:
+        validate_dataset(ds.subset(unseen), check_images=True)
+    return ds
+
+
+def _collect(
+    train: str | os.PathLike,
+    val: str | os.PathLike | None,
+    reference: str | os.PathLike | None,
+    exclude_skus: Sequence[str],
+    is_known_good: Callable[[Path], bool],
+) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    train_ds = _load_checked(train, is_known_good)
+    val_ds = _load_checked(val, is_known_good) if val else None
+    ref_ds = _load_checked(reference, is_known_good) if reference else None
+    if exclude_skus:
+        unknown = sorted(set(exclude_skus) - set(train_ds.skus))
+        if unknown:
+            raise SkuscaleError(f"--exclude-sku names SKUs that are not in the training data: {', '.join(unknown)}")
+        train_ds = train_ds.exclude_skus(exclude_skus)
+        val_ds = val_ds.exclude_skus(exclude_skus) if val_ds else None
+        ref_ds = ref_ds.exclude_skus(exclude_skus) if ref_ds else None
+    if ref_ds is not None:
+        # Reference shots of SKUs absent from training would create classes without store images.
+        keep = np.isin(ref_ds.labels, train_ds.skus)
+        ref_ds = ref_ds.subset(np.flatnonzero(keep)) if keep.any() else None
+    if len(train_ds.skus) < 2:
+        raise SkuscaleError("training data needs at least two SKUs")
+    return train_ds, val_ds, ref_ds
+
+
+def build_bundle(
+    train: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    val: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    exclude_skus: Sequence[str] = (),
+    backbone: str = "efficientnet-lite0",
+    cache_dir: str | os.PathLike | None = None,
+    config: TrainingConfig | None = None,
+    batch_size: int = 32,
+    threads: int | None = None,
+    progress: BuildProgress | None = None,
+) -> BuildResult:
+    """Validate data, embed it (cached), export and verify ONNX, fit and save a bundle.
+
+    Parameters
+    ----------
+    train, val, reference : path
+        Manifests (CSV ``path,sku,category``) or image folders (``DIR/<sku>/*.jpg``).
+        With a validation set, its cross-fitted predictions set temperature,
+        thresholds and the OOD cut-off (see :mod:`skuscale.training`), and it joins
+        the final head; without one, training photos are cross-fitted instead.
+        Reference pack shots are always on the training side.
+    out : path
+        Bundle folder; replaced atomically on success.
+    exclude_skus : sequence of str
+        SKUs dropped from every input, to serve as unknown products in evaluation.
+    backbone : str
+        One of :data:`skuscale.embed.backbone.BACKBONES`.
+    cache_dir : path, optional
+        Embedding cache (default :func:`default_cache_dir`).
+    config : TrainingConfig, optional
+    """
+    from skuscale.data.images import load_image
+    from skuscale.data.preprocess import preprocess_batch
+    from skuscale.embed.backbone import TorchEmbedder, load_backbone
+    from skuscale.embed.export import export_onnx, verify_export
+    from skuscale.embed.pipeline import embed_paths
+
+    started = time.perf_counter()
+    hooks = progress or BuildProgress()
+    cfg = config or TrainingConfig()
+    hooks.step(f"loading backbone {backbone}")
+    net = load_backbone(backbone)
+    embedder = TorchEmbedder(net, threads=threads)
+    cache = EmbeddingCache(cache_dir or default_cache_dir())
+    prep_id = embedder.preprocessing.fingerprint()
+
+    def is_known_good(path: Path) -> bool:
+        return cache.contains(content_key(path.read_bytes(), embedder.identity, prep_id))
+
+    hooks.step("validating data")
+    train_ds, val_ds, ref_ds = _collect(train, val, reference, exclude_skus, is_known_good)
+
+    parts = [("train", train_ds)] + [(n, d) for n, d in (("val", val_ds), ("reference", ref_ds)) if d is not None]
+    embeddings = []
+    for label, ds in parts:
+        hooks.embed_start(len(ds), label)
+        embeddings.append(
+            embed_paths(ds.paths, embedder, cache=cache, batch_size=batch_size, progress=hooks.embed_advance)
+        )
+        hooks.embed_end()
+    X = np.concatenate(embeddings)
+    y = np.concatenate([ds.labels for _, ds in parts]).astype(str)
+    origin = np.concatenate([np.full(len(ds), label) for label, ds in parts])
+    sku_to_category: dict[str, str] = {}
+    for _, ds in parts:
+        for sku, cat in ds.categories().items():
+            sku_to_category.setdefault(sku, cat)
+
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    hooks.step("exporting the backbone to ONNX")
+    onnx_path = export_onnx(net, staging / BACKBONE_FILE, image_size=embedder.preprocessing.image_size)
+    check_paths = train_ds.paths[:: max(1, len(train_ds) // EXPORT_CHECK_IMAGES)][:EXPORT_CHECK_IMAGES]
+    check_batch = preprocess_batch([load_image(p) for p in check_paths], embedder.preprocessing)
+    export_diff = verify_export(net, onnx_path, check_batch)
+
+    model, report = fit_recognition_model(
+        X,
+        y,
+        sku_to_category=sku_to_category,
+        calibration_rows=(origin == "val") if val_ds is not None else (origin == "train"),
+        config=cfg,
+        step=hooks.step,
+    )
+    counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
+    bundle = Bundle(
+        model=model,
+        preprocessing=embedder.preprocessing,
+        backbone={
+            "name": backbone,
+            "onnx": BACKBONE_FILE,
+            "dim": int(X.shape[1]),
+            "identity": embedder.identity,
+            "export_max_abs_diff": export_diff,
+            "export_check_images": len(check_paths),
+        },
+        metadata={
+            "targets": {"auto_precision": cfg.target_precision, "ood_flag_rate": cfg.ood_flag_rate},
+            "training": {
+                "train": str(train),
+                "val": str(val) if val else None,
+                "reference": str(reference) if reference else None,
+                "excluded_skus": sorted(exclude_skus),
+                "n_images": {label: len(ds) for label, ds in parts},
+                "train_counts": counts,
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+            },
+            "build": report.to_dict(),
+        },
+    )
+    hooks.step("writing the bundle")
+    bundle.save(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    bundle.root = out
+    return BuildResult(
+        bundle=bundle, seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses
+    )
+

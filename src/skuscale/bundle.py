@@ -1,0 +1,223 @@
+"""The bundle: a folder with the ONNX backbone, numpy arrays and ``bundle.json``.
+
+Loading checks the format version and the sha256 of every file, and refuses a
+tampered or incompatible bundle. No pickle is involved anywhere: arrays are
+``.npz`` loaded with ``allow_pickle=False`` and everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from skuscale import __version__
+from skuscale._base import BaseEstimator
+from skuscale.data.preprocess import Preprocessing
+from skuscale.exceptions import BundleError
+from skuscale.head.linear import LinearHead
+from skuscale.head.prototypes import PrototypeHead
+from skuscale.model import RecognitionModel
+from skuscale.ood import DETECTORS
+from skuscale.routing import Decision, Router
+
+FORMAT = "skuscale-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+BACKBONE_FILE = "backbone.onnx"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def save_estimator(est: BaseEstimator, path: Path) -> dict[str, Any]:
+    """Arrays of ``est`` into ``path`` (.npz); returns the JSON part (class, params, scalars)."""
+    arrays, scalars = {}, {}
+    for key, value in est.get_state().items():
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            arrays[key] = value
+        else:
+            scalars[key] = _jsonable(value)
+    np.savez(path, **arrays)
+    return {
+        "class": type(est).__name__,
+        "params": _jsonable(est.get_params()),
+        "file": path.name,
+        "scalars": scalars,
+    }
+
+
+def load_estimator(root: Path, meta: dict[str, Any], classes: dict[str, type[BaseEstimator]]) -> BaseEstimator:
+    klass = classes.get(meta["class"])
+    if klass is None:
+        raise BundleError(f"bundle names an unknown estimator class {meta['class']!r}")
+    with np.load(root / meta["file"], allow_pickle=False) as npz:
+        state = {k: npz[k] for k in npz.files}
+    state.update(meta.get("scalars", {}))
+    return klass.from_state(meta["params"], state)
+
+
+@dataclass
+class Bundle:
+    """A loaded (or about to be saved) bundle.
+
+    Attributes
+    ----------
+    model : RecognitionModel
+    preprocessing : Preprocessing
+    backbone : dict
+        Name, ONNX file name, embedding dimension and export check.
+    metadata : dict
+        Everything else recorded in ``bundle.json`` (training data, metrics, targets).
+    root : Path or None
+        Folder the bundle lives in.
+    """
+
+    model: RecognitionModel
+    preprocessing: Preprocessing
+    backbone: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+    _embedder: Any = field(default=None, repr=False)
+
+    @property
+    def skus(self) -> list[str]:
+        return self.model.skus
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, root: str | os.PathLike) -> Path:
+        """Write the arrays and ``bundle.json`` into ``root`` (the ONNX file must already be there)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / self.backbone["onnx"]).is_file():
+            raise BundleError(f"{root / self.backbone['onnx']} is missing; export the backbone first")
+        m = self.model
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "backbone": self.backbone,
+            "preprocessing": self.preprocessing.to_dict(),
+            "catalogue": {
+                "skus": m.skus,
+                "categories": {s: m.sku_to_category[s] for s in m.skus if s in m.sku_to_category},
+            },
+            "head": save_estimator(m.head, root / "head.npz"),
+            "prototypes": save_estimator(m.prototypes, root / "prototypes.npz"),
+            "calibration": {"method": "temperature", "temperature": m.temperature},
+            "ood": {**save_estimator(m.detector, root / "detector.npz"), "threshold": m.router.ood_threshold},
+            "routing": m.router.to_dict(),
+            **_jsonable(self.metadata),
+        }
+        files = ["head.npz", "prototypes.npz", "detector.npz", self.backbone["onnx"]]
+        doc["files"] = {name: _sha256(root / name) for name in files}
+        tmp = root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False))
+        os.replace(tmp, root / MANIFEST)
+        self.root = root
+        return root
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> Bundle:
+        """Load and verify a bundle; raises :class:`BundleError` on any mismatch."""
+        root = Path(root)
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise BundleError(f"{root} is not a skuscale bundle (no {MANIFEST})")
+        try:
+            doc = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{manifest} is not valid JSON: {exc}") from exc
+        if doc.get("format") != FORMAT:
+            raise BundleError(f"{manifest}: not a skuscale bundle (format={doc.get('format')!r})")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{manifest}: bundle format version {doc.get('format_version')!r} is not supported "
+                f"by skuscale {__version__} (expects {FORMAT_VERSION}); rebuild the bundle"
+            )
+        problems = []
+        for name, digest in doc.get("files", {}).items():
+            path = root / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif _sha256(path) != digest:
+                problems.append(f"{name} has been modified (sha256 mismatch)")
+        if not doc.get("files"):
+            problems.append("bundle.json lists no files")
+        if problems:
+            raise BundleError(f"refusing bundle {root}: " + "; ".join(problems))
+        try:
+            head = load_estimator(root, doc["head"], {"LinearHead": LinearHead})
+            prototypes = load_estimator(root, doc["prototypes"], {"PrototypeHead": PrototypeHead})
+            detector = load_estimator(root, doc["ood"], {k.__name__: k for k in DETECTORS.values()})
+            router = Router.from_dict(doc["routing"])
+            preprocessing = Preprocessing.from_dict(doc["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"bundle {root} is incomplete or inconsistent: {exc!r}") from exc
+        model = RecognitionModel(
+            head=head,
+            temperature=float(doc["calibration"]["temperature"]),
+            prototypes=prototypes,
+            detector=detector,
+            router=router,
+            sku_to_category=dict(doc["catalogue"].get("categories", {})),
+        )
+        reserved = {"format", "format_version", "backbone", "preprocessing", "catalogue", "head",
+                    "prototypes", "calibration", "ood", "routing", "files"}
+        metadata = {k: v for k, v in doc.items() if k not in reserved}
+        return cls(model=model, preprocessing=preprocessing, backbone=doc["backbone"], metadata=metadata, root=root)
+
+    # ---------------------------------------------------------------- prediction
+    def embedder(self, *, threads: int | None = None):
+        """The bundle's ONNX Runtime backbone (created once)."""
+        if self._embedder is None:
+            from skuscale.embed.onnx_embedder import OnnxEmbedder
+
+            if self.root is None:
+                raise BundleError("bundle has no folder; save or load it first")
+            self._embedder = OnnxEmbedder(self.root / self.backbone["onnx"], self.preprocessing, threads=threads)
+        return self._embedder
+
+    def embed_paths(self, paths: Sequence[str | os.PathLike], **kwargs) -> np.ndarray:
+        from skuscale.embed.pipeline import embed_paths
+
+        return embed_paths(paths, self.embedder(), **kwargs)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        from skuscale.embed.pipeline import embed_images
+
+        return embed_images(images, self.embedder())
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], **kwargs) -> list[Decision]:
+        """Routed decisions for image files."""
+        return self.model.decide(self.embed_paths(paths, **kwargs))
+
+    def predict_images(self, images: Sequence[Image.Image]) -> list[Decision]:
+        """Routed decisions for decoded RGB images."""
+        return self.model.decide(self.embed_images(images))

@@ -1,0 +1,171 @@
+"""The ``skuscale`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from skuscale.exceptions import SkuscaleError
+
+app = typer.Typer(
+    name="skuscale",
+    help="Retail SKU recognition with confidence bands, OOD detection and per-class routing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+HELP = {
+    "train": "Training manifest (CSV path,sku,category) or image folder DIR/<sku>/*.jpg.",
+    "val": "Validation manifest (other shooting sessions): cross-fitted to set temperature, thresholds "
+    "and the OOD cut-off, then trained on.",
+    "exclude_sku": "Drop this SKU entirely (repeatable); it becomes an unknown product.",
+    "backbone": "Backbone: efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2.",
+    "cache_dir": "Embedding cache folder (default $SKUSCALE_CACHE or ~/.cache/skuscale/embeddings).",
+}
+
+
+def fail(message: str, code: int = 1) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+@app.command()
+def build(
+    train: Annotated[Path, typer.Option(help=HELP["train"])],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
+    val: Annotated[Path | None, typer.Option(help=HELP["val"])] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference pack shots (one or more per SKU).")] = None,
+    exclude_sku: Annotated[list[str] | None, typer.Option(help=HELP["exclude_sku"])] = None,
+    backbone: Annotated[str, typer.Option(help=HELP["backbone"])] = "efficientnet-lite0",
+    cache_dir: Annotated[Path | None, typer.Option(help=HELP["cache_dir"])] = None,
+    target_precision: Annotated[float, typer.Option(help="Per-SKU auto-accept precision target.")] = 0.99,
+    ood_flag_rate: Annotated[float, typer.Option(help="Share of known items the OOD stage may flag.")] = 0.05,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for folds and held-out SKUs.")] = 0,
+) -> None:
+    """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
+    from skuscale.build import build_bundle
+    from skuscale.cli.progress import RichBuildProgress
+    from skuscale.training import TrainingConfig
+
+    if not 0.5 <= target_precision < 1.0:
+        fail("--target-precision must be in [0.5, 1)", 2)
+    if not 0.0 < ood_flag_rate < 0.5:
+        fail("--ood-flag-rate must be in (0, 0.5)", 2)
+    config = TrainingConfig(target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed)
+    try:
+        result = build_bundle(
+            train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
+            cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(),
+        )
+    except SkuscaleError as exc:
+        fail(str(exc))
+    b = result.bundle
+    build_info = b.metadata["build"]
+    cv = build_info["crossval"]
+    table = Table(title=f"bundle {out}", show_header=False)
+    table.add_row("SKUs", str(len(b.skus)))
+    table.add_row("images", ", ".join(f"{k} {v}" for k, v in b.metadata["training"]["n_images"].items()))
+    table.add_row("held-out top-1", _fmt(cv["top1"]))
+    table.add_row("held-out ECE (before → after temperature)", f"{cv['ece_uncalibrated']:.4f} → {cv['ece']:.4f}")
+    table.add_row("temperature", _fmt(build_info["temperature"]))
+    table.add_row("OOD detector", build_info["detector"])
+    table.add_row("held-out-SKU detection", _fmt(build_info["heldout_detection_rate"]))
+    table.add_row("export max |torch - onnx|", f"{b.backbone['export_max_abs_diff']:.2e}")
+    table.add_row("cache hits / misses", f"{result.cache_hits} / {result.cache_misses}")
+    table.add_row("build time", f"{result.seconds:.1f} s")
+    console.print(table)
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")] = False,
+) -> None:
+    """Predict images: band (accept/verify/unknown), SKU, confidence, OOD score, top-5."""
+    from skuscale.bundle import Bundle
+    from skuscale.data.images import load_image
+
+    try:
+        b = Bundle.load(bundle)
+    except SkuscaleError as exc:
+        fail(str(exc))
+    failed = 0
+    rows = []
+    for path in images:
+        try:
+            decision = b.predict_images([load_image(path)])[0]
+            rows.append({"image": str(path), **decision.to_dict()})
+        except SkuscaleError as exc:
+            failed += 1
+            rows.append({"image": str(path), "error": str(exc)})
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+    else:
+        table = Table("image", "band", "sku", "confidence", "ood score", "category")
+        for row in rows:
+            if "error" in row:
+                table.add_row(row["image"], "[red]error[/]", row["error"], "", "", "")
+            else:
+                cat = f"{row['category']} ({row['category_confidence']:.2f})" if row.get("category") else ""
+                table.add_row(row["image"], row["band"], row["sku"], f"{row['confidence']:.3f}",
+                              f"{row['ood_score']:.3f}", cat)
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    data: Annotated[Path, typer.Option(help="Manifest or image folder with ground truth.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+) -> None:
+    """Evaluate a bundle; SKUs outside its catalogue count as unknown products."""
+    from skuscale.bundle import Bundle
+    from skuscale.cli.progress import image_progress
+    from skuscale.evaluate import evaluate_bundle
+
+    try:
+        b = Bundle.load(bundle)
+        with image_progress() as bar:
+            task = bar.add_task("predicting", total=None)
+            metrics = evaluate_bundle(b, data, progress=lambda n: bar.advance(task, n))
+    except SkuscaleError as exc:
+        fail(str(exc))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(metrics, indent=2))
+    table = Table("metric", "value", title=f"{bundle} on {data}")
+    for key in ("n_items", "n_known", "n_unknown", "top1", "coarse_top1", "automation_rate", "auto_precision",
+                "silent_error_rate", "unknown_flag_rate", "unknown_accept_rate", "ood_auroc", "ece",
+                "per_class_top1_std_pp", "per_class_top1_min", "images_per_second"):
+        table.add_row(key, _fmt(metrics.get(key)))
+    table.add_row("bands", ", ".join(f"{k} {v}" for k, v in metrics["bands"].items()))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,107 @@
+"""``skuscale evaluate``: routed decisions against ground truth, unknown SKUs included."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from skuscale.bundle import Bundle
+from skuscale.data import load_dataset
+from skuscale.metrics import expected_calibration_error
+from skuscale.ood import auroc
+from skuscale.routing import BANDS, Decision
+
+
+def decision_metrics(
+    decisions: Sequence[Decision],
+    y_true: Sequence[str],
+    *,
+    catalogue: Sequence[str],
+    sku_to_category: dict[str, str] | None = None,
+    true_categories: Sequence[str | None] | None = None,
+) -> dict:
+    """The evaluation metrics of routed decisions.
+
+    Items whose true SKU is not in ``catalogue`` are unknown products: they count
+    against ``auto_precision`` and ``silent_error_rate`` when accepted, and they are
+    the positives of ``ood_auroc``.
+
+    Returns
+    -------
+    dict
+        ``n_items, n_known, n_unknown, top1, coarse_top1, automation_rate,
+        auto_precision, silent_error_rate, unknown_flag_rate, unknown_accept_rate,
+        ood_auroc, ece, per_class_top1, per_class_top1_std_pp, per_class_top1_min, bands``.
+    """
+    y_true = np.asarray(y_true, dtype=str)
+    if len(decisions) != y_true.size:
+        raise ValueError(f"{len(decisions)} decisions for {y_true.size} labels")
+    sku_to_category = sku_to_category or {}
+    known = np.isin(y_true, list(catalogue))
+    pred = np.array([d.sku for d in decisions], dtype=str)
+    band = np.array([d.band for d in decisions], dtype=str)
+    conf = np.array([d.confidence for d in decisions], dtype=np.float64)
+    ood = np.array([d.ood_score for d in decisions], dtype=np.float64)
+    correct = (pred == y_true) & known
+    accepted = band == "accept"
+    n, n_known, n_unknown = y_true.size, int(known.sum()), int((~known).sum())
+
+    def share(mask: np.ndarray, of: np.ndarray) -> float | None:
+        return float(mask[of].mean()) if of.any() else None
+
+    per_class = {
+        str(s): float(correct[known & (y_true == s)].mean()) for s in np.unique(y_true[known])
+    }
+    per_class_values = np.array(list(per_class.values()))
+    coarse = None
+    if true_categories is not None and n_known:
+        true_cat = np.array([c or "" for c in true_categories], dtype=str)
+        pred_cat = np.array([sku_to_category.get(p, "") for p in pred], dtype=str)
+        has_cat = known & (true_cat != "")
+        coarse = float((pred_cat[has_cat] == true_cat[has_cat]).mean()) if has_cat.any() else None
+    return {
+        "n_items": int(n),
+        "n_known": n_known,
+        "n_unknown": n_unknown,
+        "top1": share(correct, known),
+        "coarse_top1": coarse,
+        "automation_rate": share(accepted, known),
+        "auto_precision": float(correct[accepted].mean()) if accepted.any() else None,
+        "silent_error_rate": float((accepted & ~correct).mean()) if n else None,
+        "unknown_flag_rate": share(band == "unknown", ~known),
+        "unknown_accept_rate": share(accepted, ~known),
+        "ood_auroc": auroc(ood[known], ood[~known]) if n_known and n_unknown else None,
+        "ece": float(expected_calibration_error(conf[known], correct[known])) if n_known else None,
+        "per_class_top1": per_class,
+        "per_class_top1_std_pp": float(per_class_values.std() * 100) if per_class_values.size else None,
+        "per_class_top1_min": float(per_class_values.min()) if per_class_values.size else None,
+        "bands": {b: int((band == b).sum()) for b in BANDS},
+    }
+
+
+def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32) -> dict:
+    """Predict every image of ``data`` (manifest or folder) and score the decisions.
+
+    ``images_per_second`` times the whole prediction stage, decoding included, with
+    no embedding cache.
+    """
+    from skuscale.embed.pipeline import embed_paths
+
+    ds = load_dataset(data)
+    started = time.perf_counter()
+    X = embed_paths(ds.paths, bundle.embedder(), batch_size=batch_size, progress=progress)
+    decisions = bundle.model.decide(X)
+    elapsed = time.perf_counter() - started
+    cats = [item.category for item in ds.items]
+    metrics = decision_metrics(
+        decisions,
+        ds.labels,
+        catalogue=bundle.skus,
+        sku_to_category=bundle.model.sku_to_category,
+        true_categories=cats if any(c is not None for c in cats) else None,
+    )
+    metrics["images_per_second"] = len(ds) / elapsed if elapsed > 0 else None
+    metrics["data"] = str(data)
+    return metrics

@@ -1,0 +1,268 @@
+"""fit_recognition_model on synthetic embeddings, and its fold / hold-out helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skuscale.model import RecognitionModel
+from skuscale.routing import BANDS, Decision
+from skuscale.training import (
+    TrainingConfig,
+    TrainingReport,
+    blocked_folds,
+    fit_recognition_model,
+    sku_holdout_groups,
+)
+
+K, N, D = 12, 30, 32
+NOISE = 1.3  # per-row noise norm ~1.3 around unit-norm centres: some confusions, three bands
+CONFIG = TrainingConfig(n_folds=3, ood_folds=3, detectors=("msp", "knn", "prototype"))
+SKUS = [f"sku{i:02d}" for i in range(K)]
+CATEGORIES = {s: f"cat{i % 3}" for i, s in enumerate(SKUS)}
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    centres = _unit(rng.standard_normal((K, D)))
+    X = np.vstack(
+        [c + NOISE * rng.standard_normal((N, D)) / np.sqrt(D) for c in centres]
+    ).astype(np.float32)
+    y = np.repeat(np.array(SKUS), N)
+    # the far cluster: a fresh random direction (nearly orthogonal to all centres in 32-d)
+    far = _unit(rng.standard_normal(D))
+    X_far = (far + NOISE * rng.standard_normal((40, D)) / np.sqrt(D)).astype(np.float32)
+    X_new = np.vstack(
+        [c + NOISE * rng.standard_normal((5, D)) / np.sqrt(D) for c in centres]
+    ).astype(np.float32)
+    y_new = np.repeat(np.array(SKUS), 5)
+    return X, y, X_far, X_new, y_new
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic):
+    X, y, *_ = synthetic
+    messages: list[str] = []
+    model, report = fit_recognition_model(
+        X, y, sku_to_category=CATEGORIES, config=CONFIG, step=messages.append
+    )
+    return model, report, messages
+
+
+def test_returns_model_and_report(fitted):
+    model, report, _ = fitted
+    assert isinstance(model, RecognitionModel)
+    assert isinstance(report, TrainingReport)
+    assert model.skus == sorted(SKUS)
+    assert model.sku_to_category == CATEGORIES
+    assert model.prototypes.classes_.tolist() == sorted(SKUS)
+    assert model.router.skus == model.skus
+
+
+def test_decide_gives_decisions_in_the_three_bands(fitted, synthetic):
+    model, _, _ = fitted
+    X, _, X_far, *_ = synthetic
+    decisions = model.decide(np.vstack([X, X_far]))
+    assert len(decisions) == X.shape[0] + X_far.shape[0]
+    assert all(isinstance(d, Decision) for d in decisions)
+    bands = {d.band for d in decisions}
+    assert bands <= set(BANDS)
+    assert {"accept", "unknown"} <= bands
+    for d in decisions[:5]:
+        assert d.sku in model.skus
+        assert 0.0 <= d.confidence <= 1.0
+        assert len(d.candidates) == 5
+
+
+def test_report_values(fitted):
+    model, report, _ = fitted
+    assert report.detector in CONFIG.detectors
+    assert set(report.detector_scores) <= set(CONFIG.detectors)
+    assert report.detector in report.detector_scores
+    assert report.temperature > 0
+    assert model.temperature == report.temperature
+    assert 0.0 <= report.heldout_detection_rate <= 1.0
+    assert report.heldout_detection_rate == report.detector_scores[report.detector][
+        "detection_rate"
+    ]
+    assert model.router.ood_threshold == report.ood_threshold
+    assert report.crossval["n_heldout"] == K * N
+    assert 0.0 <= report.crossval["top1"] <= 1.0
+    assert len(report.ood_heldout_skus) == CONFIG.ood_folds
+    assert set(report.to_dict()) >= {"temperature", "detector", "crossval", "ood_threshold"}
+
+
+def test_category_thresholds_are_fitted(fitted):
+    model, _, _ = fitted
+    assert model.router.category_thresholds is not None
+    assert model.router.categories() == ["cat0", "cat1", "cat2"]
+
+
+def test_progress_messages(fitted):
+    _, report, messages = fitted
+    assert any("cross-fitting" in m for m in messages)
+    assert f"OOD detector: {report.detector}" in messages
+
+
+def test_known_products_are_mostly_recognised(fitted, synthetic):
+    model, _, _ = fitted
+    *_, X_new, y_new = synthetic
+    decisions = model.decide(X_new)
+    top1 = np.mean([d.sku == t for d, t in zip(decisions, y_new, strict=True)])
+    assert top1 >= 0.9
+    assert np.mean([d.band == "unknown" for d in decisions]) <= 0.2
+    accepted = [d.sku == t for d, t in zip(decisions, y_new, strict=True) if d.band == "accept"]
+    assert len(accepted) >= 10
+    assert np.mean(accepted) >= 0.95
+
+
+def test_far_cluster_is_mostly_unknown(fitted, synthetic):
+    model, _, _ = fitted
+    X_far = synthetic[2]
+    bands = [d.band for d in model.decide(X_far)]
+    assert np.mean([b == "unknown" for b in bands]) >= 0.8
+    assert "accept" not in bands
+
+
+def test_calibration_rows_subset(synthetic):
+    X, y, *_ = synthetic
+    # the last 10 rows of each SKU are held out, except sku00 which has none
+    pos = np.tile(np.arange(N), K)
+    calib = (pos >= N - 10) & (y != "sku00")
+    model, report = fit_recognition_model(
+        X, y, sku_to_category=CATEGORIES, calibration_rows=calib, config=CONFIG
+    )
+    assert report.crossval["n_heldout"] == int(calib.sum()) == 110
+    # the head is still trained on every row and every SKU
+    assert model.skus == sorted(SKUS)
+    # simulated unknowns are drawn among SKUs with calibration rows only
+    held = [s for group in report.ood_heldout_skus for s in group]
+    assert held
+    assert "sku00" not in held
+    assert report.detector in CONFIG.detectors
+    assert {d.band for d in model.decide(X[:20])} <= set(BANDS)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [np.zeros(K * N, bool), np.ones(K * N - 1, bool)],
+    ids=["no-rows", "wrong-length"],
+)
+def test_bad_calibration_rows(synthetic, mask):
+    X, y, *_ = synthetic
+    with pytest.raises(ValueError, match="calibration_rows"):
+        fit_recognition_model(X, y, calibration_rows=mask, config=CONFIG)
+
+
+def test_two_skus_fall_back_to_msp(synthetic):
+    # too few SKUs to hold any out as unknowns: msp with a flag-rate cut-off on held-out rows
+    X, y, *_ = synthetic
+    keep = np.isin(y, ["sku03", "sku07"])
+    model, report = fit_recognition_model(X[keep], y[keep], config=CONFIG)
+    assert report.ood_heldout_skus == []
+    assert report.detector_scores == {}
+    assert report.detector == "msp"
+    assert np.isnan(report.heldout_detection_rate)
+    assert model.skus == ["sku03", "sku07"]
+    decisions = model.decide(X[keep])
+    assert np.mean([d.sku == t for d, t in zip(decisions, y[keep], strict=True)]) >= 0.9
+    assert {d.band for d in decisions} <= set(BANDS)
+
+
+# -- blocked_folds ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def interleaved_labels():
+    rng = np.random.default_rng(3)
+    sizes = {"p": 3, "q": 4, "r": 7, "s": 10, "t": 2}
+    y = np.concatenate([np.full(n, k) for k, n in sizes.items()])
+    return y[rng.permutation(y.size)], sizes
+
+
+@pytest.mark.parametrize("n_folds", [3, 4])
+def test_blocked_folds_cover_every_fold_per_class(interleaved_labels, n_folds):
+    y, sizes = interleaved_labels
+    folds = blocked_folds(y, n_folds, np.random.default_rng(0))
+    assert folds.shape == y.shape
+    assert folds.min() >= 0
+    assert folds.max() < n_folds
+    for cls, size in sizes.items():
+        f = folds[y == cls]
+        if size >= n_folds:
+            assert set(f.tolist()) == set(range(n_folds)), cls
+            counts = np.bincount(f, minlength=n_folds)
+            assert counts.max() - counts.min() <= 1, cls
+        else:
+            # fewer rows than folds: each row in a fold of its own
+            assert len(set(f.tolist())) == size, cls
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blocked_folds_keep_contiguous_blocks(interleaved_labels, seed):
+    y, sizes = interleaved_labels
+    n_folds = 3
+    folds = blocked_folds(y, n_folds, np.random.default_rng(seed))
+    for cls in sizes:
+        seq = folds[y == cls]  # the class's rows in their given order
+        for f in np.unique(seq):
+            where = np.flatnonzero(seq == f)
+            assert where[-1] - where[0] + 1 == where.size, (cls, seq)
+        # a rotation of 0, 0, 1, 1, 2, 2, ...: at most n_folds - 1 changes
+        assert np.count_nonzero(np.diff(seq)) <= n_folds - 1
+
+
+def test_blocked_folds_deterministic_given_rng(interleaved_labels):
+    y, _ = interleaved_labels
+    a = blocked_folds(y, 3, np.random.default_rng(42))
+    b = blocked_folds(y, 3, np.random.default_rng(42))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_blocked_folds_known_layout():
+    # one class of 6 rows in 3 folds: blocks [0, 0, 1, 1, 2, 2] rotated by some r
+    folds = blocked_folds(np.array(["a"] * 6), 3, np.random.default_rng(0))
+    r = folds[0]
+    np.testing.assert_array_equal(folds, (np.array([0, 0, 1, 1, 2, 2]) + r) % 3)
+
+
+# -- sku_holdout_groups --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_skus", "n_groups", "fraction", "size", "expected_groups"),
+    [
+        (20, 8, 0.05, 1, 8),
+        (40, 8, 0.05, 2, 8),
+        (10, 8, 0.3, 3, 2),  # (10 - 2) // 3 groups fit
+        (3, 5, 0.05, 1, 1),
+        (2, 5, 0.05, 1, 0),
+        (1, 5, 0.05, 1, 0),
+    ],
+)
+def test_sku_holdout_groups(n_skus, n_groups, fraction, size, expected_groups):
+    skus = [f"s{i:02d}" for i in range(n_skus)]
+    groups = sku_holdout_groups(skus, n_groups, fraction, np.random.default_rng(0))
+    assert len(groups) == expected_groups
+    flat = [s for g in groups for s in g]
+    assert len(flat) == len(set(flat)), "groups overlap"
+    assert set(flat) <= set(skus)
+    assert len(set(skus) - set(flat)) >= 2 or not groups
+    for g in groups:
+        assert len(g) == size
+        assert g == sorted(g)
+        assert n_skus - len(g) >= 2
+
+
+def test_sku_holdout_groups_are_random_but_reproducible():
+    skus = [f"s{i:02d}" for i in range(30)]
+    a = sku_holdout_groups(skus, 5, 0.1, np.random.default_rng(1))
+    b = sku_holdout_groups(skus, 5, 0.1, np.random.default_rng(1))
+    c = sku_holdout_groups(skus, 5, 0.1, np.random.default_rng(2))
+    assert a == b
+    assert a != c
