@@ -105,7 +105,7 @@ def test_category_thresholds_are_fitted(fitted):
 
 def test_progress_messages(fitted):
     _, report, messages = fitted
-    assert any("cross-fitting" in m for m in messages)
+    assert any("held-out images" in m for m in messages)
     assert f"OOD detector: {report.detector}" in messages
 
 
@@ -266,3 +266,24 @@ def test_sku_holdout_groups_are_random_but_reproducible():
     c = sku_holdout_groups(skus, 5, 0.1, np.random.default_rng(2))
     assert a == b
     assert a != c
+
+
+def test_holdout_predicts_calibration_rows_with_a_head_that_never_saw_them(synthetic):
+    X, y, *_ = synthetic
+    calib = np.zeros(len(y), bool)
+    calib[::4] = True
+    messages: list[str] = []
+    _, report = fit_recognition_model(X, y, calibration_rows=calib, holdout=True, config=CONFIG,
+                                      step=messages.append)
+    assert any("(hold-out)" in m for m in messages)
+    assert report.crossval["n_heldout"] == int(calib.sum())
+
+
+def test_final_head_can_leave_calibration_rows_out(synthetic):
+    X, y, *_ = synthetic
+    calib = np.zeros(len(y), bool)
+    calib[::4] = True
+    cfg = TrainingConfig(**{**vars(CONFIG), "final_on_calibration": False})
+    model, _ = fit_recognition_model(X, y, calibration_rows=calib, holdout=True, config=cfg)
+    reference = TrainingConfig(**vars(CONFIG)).make_head().fit(X[~calib], y[~calib])
+    np.testing.assert_allclose(model.head.coef_, reference.coef_, atol=1e-5)

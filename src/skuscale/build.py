@@ -58,10 +58,8 @@ def _load_checked(path: str | os.PathLike, is_known_good: Callable[[Path], bool]
     An image whose exact bytes already have a cached embedding decoded fine before,
     so a warm rebuild does not decode every file just to validate it.
     """
-    ds = load_dataset(path, check_images=False)
-    unseen = [i for i, item in enumerate(ds.items) if not is_known_good(item.path)]
-    if unseen:
-        validate_dataset(ds.subset(unseen), check_images=True)
+    ds = load_dataset(path, validate=False)
+    validate_dataset(ds, check_images=lambda p: not is_known_good(p))
     return ds
 
 
@@ -141,7 +139,10 @@ def build_bundle(
     prep_id = embedder.preprocessing.fingerprint()
 
     def is_known_good(path: Path) -> bool:
-        return cache.contains(content_key(path.read_bytes(), embedder.identity, prep_id))
+        try:
+            return cache.contains(content_key(path.read_bytes(), embedder.identity, prep_id))
+        except OSError:
+            return False
 
     hooks.step("validating data")
     train_ds, val_ds, ref_ds = _collect(train, val, reference, exclude_skus, is_known_good)
@@ -177,6 +178,7 @@ def build_bundle(
         y,
         sku_to_category=sku_to_category,
         calibration_rows=(origin == "val") if val_ds is not None else (origin == "train"),
+        holdout=val_ds is not None,
         config=cfg,
         step=hooks.step,
     )

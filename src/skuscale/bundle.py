@@ -43,6 +43,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+REQUIRED_FILES = ("head.npz", "prototypes.npz", "detector.npz")
+
+
+def _manifest_digest(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``bundle.json`` without its own digest field."""
+    body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -137,6 +146,7 @@ class Bundle:
         }
         files = ["head.npz", "prototypes.npz", "detector.npz", self.backbone["onnx"]]
         doc["files"] = {name: _sha256(root / name) for name in files}
+        doc["manifest_sha256"] = _manifest_digest(doc)
         tmp = root / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False))
         os.replace(tmp, root / MANIFEST)
@@ -151,9 +161,11 @@ class Bundle:
         if not manifest.is_file():
             raise BundleError(f"{root} is not a skuscale bundle (no {MANIFEST})")
         try:
-            doc = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{manifest} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise BundleError(f"{manifest} is not a JSON object")
         if doc.get("format") != FORMAT:
             raise BundleError(f"{manifest}: not a skuscale bundle (format={doc.get('format')!r})")
         if doc.get("format_version") != FORMAT_VERSION:
@@ -162,24 +174,34 @@ class Bundle:
                 f"by skuscale {__version__} (expects {FORMAT_VERSION}); rebuild the bundle"
             )
         problems = []
-        for name, digest in doc.get("files", {}).items():
+        if doc.get("manifest_sha256") != _manifest_digest(doc):
+            problems.append(f"{MANIFEST} has been modified (manifest_sha256 mismatch)")
+        files = doc.get("files")
+        if not isinstance(files, dict):
+            files = {}
+        for name in REQUIRED_FILES:
+            if name not in files:
+                problems.append(f"{MANIFEST} does not list {name}")
+        for name, digest in files.items():
             path = root / name
             if not path.is_file():
                 problems.append(f"{name} is missing")
             elif _sha256(path) != digest:
                 problems.append(f"{name} has been modified (sha256 mismatch)")
-        if not doc.get("files"):
-            problems.append("bundle.json lists no files")
         if problems:
             raise BundleError(f"refusing bundle {root}: " + "; ".join(problems))
         try:
-            head = load_estimator(root, doc["head"], {"LinearHead": LinearHead})
-            prototypes = load_estimator(root, doc["prototypes"], {"PrototypeHead": PrototypeHead})
-            detector = load_estimator(root, doc["ood"], {k.__name__: k for k in DETECTORS.values()})
-            router = Router.from_dict(doc["routing"])
-            preprocessing = Preprocessing.from_dict(doc["preprocessing"])
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls._from_document(root, doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"bundle {root} is incomplete or inconsistent: {exc!r}") from exc
+
+    @classmethod
+    def _from_document(cls, root: Path, doc: dict[str, Any]) -> Bundle:
+        head = load_estimator(root, doc["head"], {"LinearHead": LinearHead})
+        prototypes = load_estimator(root, doc["prototypes"], {"PrototypeHead": PrototypeHead})
+        detector = load_estimator(root, doc["ood"], {k.__name__: k for k in DETECTORS.values()})
+        router = Router.from_dict(doc["routing"])
+        preprocessing = Preprocessing.from_dict(doc["preprocessing"])
         model = RecognitionModel(
             head=head,
             temperature=float(doc["calibration"]["temperature"]),
@@ -188,8 +210,20 @@ class Bundle:
             router=router,
             sku_to_category=dict(doc["catalogue"].get("categories", {})),
         )
-        reserved = {"format", "format_version", "backbone", "preprocessing", "catalogue", "head",
-                    "prototypes", "calibration", "ood", "routing", "files"}
+        reserved = {
+            "format",
+            "format_version",
+            "backbone",
+            "preprocessing",
+            "catalogue",
+            "head",
+            "prototypes",
+            "calibration",
+            "ood",
+            "routing",
+            "files",
+            "manifest_sha256",
+        }
         metadata = {k: v for k, v in doc.items() if k not in reserved}
         return cls(model=model, preprocessing=preprocessing, backbone=doc["backbone"], metadata=metadata, root=root)
 

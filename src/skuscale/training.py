@@ -55,6 +55,9 @@ class TrainingConfig:
     min_support : int or None
         Held-out predictions a SKU needs for its own threshold (else category, else
         global); None keeps :func:`skuscale.routing.fit_thresholds`' default.
+    final_on_calibration : bool
+        Whether the final head also trains on the calibration rows (more data and
+        more shooting sessions; set False to measure the head on them honestly).
     seed : int
     """
 
@@ -68,6 +71,7 @@ class TrainingConfig:
     detectors: tuple[str, ...] = ("msp", "energy", "mahalanobis", "knn", "prototype")
     target_precision: float = 0.99
     min_support: int | None = None
+    final_on_calibration: bool = True
     seed: int = 0
 
     def make_head(self) -> LinearHead:
@@ -137,6 +141,7 @@ def fit_recognition_model(
     *,
     sku_to_category: dict[str, str] | None = None,
     calibration_rows: np.ndarray | None = None,
+    holdout: bool = False,
     config: TrainingConfig | None = None,
     step: StepCallback | None = None,
 ) -> tuple[RecognitionModel, TrainingReport]:
@@ -150,8 +155,13 @@ def fit_recognition_model(
         SKU labels.
     sku_to_category : dict, optional
     calibration_rows : ndarray of bool (n,), optional
-        Rows whose cross-fitted predictions set temperature, thresholds and the OOD
+        Rows whose held-out predictions set temperature, thresholds and the OOD
         cut-off (default: all rows). The other rows are always trained on.
+    holdout : bool
+        Predict all calibration rows with one head trained on the other rows (a
+        validation set from other shooting sessions), instead of cross-fitting
+        ``n_folds`` contiguous folds over them (photos of a session then share
+        folds and the predictions come out optimistic).
     config : TrainingConfig, optional
     step : callable, optional
         Receives a short message as each stage starts (for progress output).
@@ -174,14 +184,16 @@ def fit_recognition_model(
     catalogue = np.unique(y)
     y_idx = np.searchsorted(catalogue, y)
 
-    # 1. Cross-fitted logits on the calibration rows.
-    say(f"cross-fitting the head ({cfg.n_folds} folds over {int(calib.sum())} held-out images)")
+    # 1. Held-out logits on the calibration rows.
+    n_folds = 1 if holdout else cfg.n_folds
+    say(f"predicting {int(calib.sum())} held-out images " + ("(hold-out)" if holdout else f"({n_folds} folds)"))
     folds = np.full(len(y), -1)
-    folds[calib] = blocked_folds(y[calib], cfg.n_folds, rng)
+    folds[calib] = 0 if holdout else blocked_folds(y[calib], n_folds, rng)
     cv_logits = np.zeros((len(y), catalogue.size), dtype=np.float32)
-    # The head on all rows is needed anyway; it also warm-starts every fold's head.
-    final_head = cfg.make_head().fit(X, y)
-    for f in range(cfg.n_folds):
+    final_rows = np.ones(len(y), bool) if cfg.final_on_calibration else ~calib
+    # The final head is needed anyway; it also warm-starts every fold's head.
+    final_head = cfg.make_head().fit(X[final_rows], y[final_rows])
+    for f in range(n_folds):
         test = folds == f
         if test.any():
             head = cfg.make_head().fit(X[~test], y[~test], init=final_head)
@@ -204,9 +216,10 @@ def fit_recognition_model(
     unknown_conf, unknown_pred = [], []
     for g, held in enumerate(groups):
         is_unknown = np.isin(y, held)
-        known_test = (folds == g % cfg.n_folds) & ~is_unknown
-        unknown_test = is_unknown & calib
-        fit_rows = ~is_unknown & ~known_test
+        known_test = (folds == g % n_folds) & ~is_unknown
+        # Every image of a held-out SKU is an unknown product to a head that never saw it.
+        unknown_test = is_unknown
+        fit_rows = ~is_unknown & (folds != g % n_folds)
         if not known_test.any() or not unknown_test.any():
             continue
         head = cfg.make_head().fit(X[fit_rows], y[fit_rows], init=final_head)
@@ -234,15 +247,15 @@ def fit_recognition_model(
         best = max(detector_scores, key=lambda n: (detector_scores[n]["detection_rate"], detector_scores[n]["auroc"]))
         ood_threshold = detector_scores[best]["threshold"]
         heldout_detection = detector_scores[best]["detection_rate"]
-        detector = _make_fitted_detector(best, final_head, temperature, X, y)
+        detector = _make_fitted_detector(best, final_head, temperature, X[final_rows], y[final_rows])
     else:
         # Too few SKUs to hold any out: flag the target share of held-out known scores.
         best = "msp"
-        detector = _make_fitted_detector(best, final_head, temperature, X, y)
+        detector = _make_fitted_detector(best, final_head, temperature, X[final_rows], y[final_rows])
         ood_threshold = threshold_at_flag_rate(-cv_conf, cfg.ood_flag_rate)
         heldout_detection = float("nan")
     say(f"OOD detector: {best}")
-    prototypes = PrototypeHead().fit(X, y)
+    prototypes = PrototypeHead().fit(X[final_rows], y[final_rows])
 
     # 3. Per-SKU thresholds on held-out predictions; unknown products that slipped past
     #    the detector count as errors of the SKU they were mistaken for.

@@ -101,12 +101,6 @@ def test_not_fitted_error():
         head.imprint("new", np.ones((1, D)))
 
 
-@pytest.mark.xfail(
-    reason="BUG: predict() reads self.classes_ before decision_function() runs the fitted "
-    "check, so an unfitted head raises AttributeError, not NotFittedError",
-    raises=AttributeError,
-    strict=True,
-)
 def test_predict_unfitted_raises_not_fitted_error():
     with pytest.raises(NotFittedError):
         LinearHead().predict(np.ones((1, D)))

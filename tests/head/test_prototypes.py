@@ -68,12 +68,6 @@ def test_not_fitted_error():
         head.add_class("x", np.ones((1, 3)))
 
 
-@pytest.mark.xfail(
-    reason="BUG: predict() reads self.classes_ before similarities() runs the fitted check, "
-    "so an unfitted head raises AttributeError, not NotFittedError",
-    raises=AttributeError,
-    strict=True,
-)
 def test_predict_unfitted_raises_not_fitted_error():
     with pytest.raises(NotFittedError):
         PrototypeHead().predict(np.ones((1, 3)))
@@ -122,14 +116,6 @@ def test_add_existing_class_updates_prototype():
     np.testing.assert_allclose(head.prototypes_[1], [0, 0, 1.0])
 
 
-@pytest.mark.xfail(
-    reason="BUG: add_class on an existing SKU rebuilds the sum as prototype * count, but the "
-    "prototype is the *normalised* mean, whose un-normalised norm is < count when the old "
-    "rows point in different directions; the old images are over-weighted, so fit(all) "
-    "and fit(part) + add_class(rest) disagree (class docstring: prototype = normalised "
-    "mean of its normalised embeddings)",
-    strict=True,
-)
 def test_add_existing_class_equals_fitting_on_all_rows(toy):
     X, y = toy
     extra = np.array([[1.0, 0, 0]])
@@ -149,4 +135,4 @@ def test_state_round_trip(toy):
     np.testing.assert_array_equal(again.prototypes_, head.prototypes_)
     Xq = np.random.default_rng(2).standard_normal((6, 3))
     np.testing.assert_array_equal(again.decision_function(Xq), head.decision_function(Xq))
-    assert set(head.get_state()) == {"classes_", "prototypes_", "counts_", "n_features_in_"}
+    assert set(head.get_state()) == {"classes_", "prototypes_", "counts_", "resultant_norms_", "n_features_in_"}

@@ -6,7 +6,8 @@ Known answers below are worked out by hand from the module docstring::
     p_cat(t)    = (c_t + k * p_global(t)) / (n_t + k)
     p_sku(t)    = (c_t + k * p_cat(t)) / (n_t + k)
 
-A group's threshold is the smallest observed confidence with p(t) >= target; a group
+With ``confidence_level=0.5`` a group's threshold is the smallest observed confidence
+with p(t) >= target (the default level selects on a lower credible bound); a group
 with fewer than ``min_support`` rows keeps its parent's threshold unless its own one is
 stricter.
 """
@@ -44,7 +45,7 @@ GLOBAL_CORR = np.array([True, True, False, True, True])
 
 
 def fit_global(**kwargs):
-    kw = {"skus": ["a", "b", "c"], "sku_to_category": {}, "prior_strength": 2.0}
+    kw = {"skus": ["a", "b", "c"], "sku_to_category": {}, "prior_strength": 2.0, "confidence_level": 0.5}
     kw.update(kwargs)
     return fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, **kw)
 
@@ -273,3 +274,17 @@ def test_dict_round_trip_keeps_method_and_prior_strength(category_rows):
     assert again == table
     assert again.method == "shrinkage"
     assert again.prior_strength == 7.5
+
+
+def test_default_credible_bound_is_never_looser_than_the_posterior_mean():
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.5, 1.0, 400)
+    correct = rng.uniform(size=400) < conf
+    pred = rng.choice(["a", "b", "c", "d"], 400)
+    kwargs = {"skus": ["a", "b", "c", "d"], "sku_to_category": {"a": "x", "b": "x", "c": "y", "d": "y"},
+              "target_precision": 0.95, "min_support": 5}
+    mean_rule = fit_thresholds(conf, pred, correct, confidence_level=0.5, **kwargs)
+    bound_rule = fit_thresholds(conf, pred, correct, **kwargs)
+    assert bound_rule.global_ > mean_rule.global_
+    for sku in kwargs["skus"]:
+        assert bound_rule.per_sku[sku] >= mean_rule.per_sku[sku]

@@ -1,5 +1,6 @@
 """Threshold fitting: certification, backoff and the own-evidence veto."""
 
+import functools
 import json
 
 import numpy as np
@@ -9,10 +10,13 @@ from scipy.stats import beta
 from skuscale.routing import (
     NEVER_ACCEPT,
     ThresholdTable,
-    fit_thresholds,
     precision_lower_bound,
     precision_upper_bound,
 )
+from skuscale.routing import fit_thresholds as _fit_thresholds
+
+# These tests pin the Clopper-Pearson rule; tests/routing/test_shrinkage.py covers the default.
+fit_thresholds = functools.partial(_fit_thresholds, method="clopper_pearson")
 
 
 def rows(sku, confs, correct):

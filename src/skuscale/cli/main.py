@@ -28,6 +28,7 @@ HELP = {
     "and the OOD cut-off, then trained on.",
     "exclude_sku": "Drop this SKU entirely (repeatable); it becomes an unknown product.",
     "backbone": "Backbone: efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2.",
+    "demo_data": "Folder with train.csv and val.csv (default ../shared/grocery-store, else the embedded sample).",
     "cache_dir": "Embedding cache folder (default $SKUSCALE_CACHE or ~/.cache/skuscale/embeddings).",
 }
 
@@ -161,6 +162,22 @@ def evaluate(
         table.add_row(key, _fmt(metrics.get(key)))
     table.add_row("bands", ", ".join(f"{k} {v}" for k, v in metrics["bands"].items()))
     console.print(table)
+
+
+@app.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help=HELP["demo_data"])] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+) -> None:
+    """Build on real images with 4 SKUs held out as unknown products; compare routing with naive argmax."""
+    from skuscale import demo as demo_module
+
+    args = ["--out", str(out)] + (["--data", str(data)] if data else [])
+    try:
+        code = demo_module.main(args)
+    except SkuscaleError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -9,7 +9,7 @@ every problem it finds and reports them together in one :class:`ManifestError`.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -346,7 +346,7 @@ def load_dataset(
     return dataset
 
 
-def validate_dataset(dataset: Dataset, *, check_images: bool = True) -> None:
+def validate_dataset(dataset: Dataset, *, check_images: bool | Callable[[Path], bool] = True) -> None:
     """Check a dataset and report every problem at once.
 
     Checks that the dataset is not empty, every SKU is non-empty, no image
@@ -358,9 +358,10 @@ def validate_dataset(dataset: Dataset, *, check_images: bool = True) -> None:
     ----------
     dataset : Dataset
         The dataset to check.
-    check_images : bool, default True
+    check_images : bool or callable, default True
         Decode every image fully (slow on large datasets); when False only the
-        files' existence is checked.
+        files' existence is checked. A callable decides per path (for example,
+        skip images whose exact bytes are already known to decode).
 
     Raises
     ------
@@ -385,7 +386,8 @@ def validate_dataset(dataset: Dataset, *, check_images: bool = True) -> None:
             )
             continue
         first_seen_at[item.path] = item
-        file_problem = _file_problem(item.path, check_images=check_images)
+        decode = check_images(item.path) if callable(check_images) else check_images
+        file_problem = _file_problem(item.path, check_images=decode)
         if file_problem is not None:
             problems.append(f"{where}: {file_problem}")
 

@@ -110,6 +110,7 @@ class LinearHead(BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Arg-max SKU labels."""
+        self._check_fitted()
         return self.classes_[self.decision_function(X).argmax(axis=1)]
 
     def imprint(self, sku: str, X) -> LinearHead:

@@ -26,6 +26,9 @@ class PrototypeHead(BaseEstimator):
         Unit-norm class directions.
     counts_ : ndarray of int64, shape (k,)
         Images behind each prototype.
+    resultant_norms_ : ndarray of float32, shape (k,)
+        Norm of the sum of each class's unit embeddings, so that enrolling more
+        images updates a prototype exactly.
     n_features_in_ : int
     """
 
@@ -40,6 +43,7 @@ class PrototypeHead(BaseEstimator):
         np.add.at(sums, idx, Xn)
         self.classes_ = classes
         self.prototypes_ = l2_normalize(sums.astype(np.float32))
+        self.resultant_norms_ = np.linalg.norm(sums, axis=1).astype(np.float32)
         self.counts_ = counts.astype(np.int64)
         self.n_features_in_ = int(X.shape[1])
         return self
@@ -54,6 +58,7 @@ class PrototypeHead(BaseEstimator):
         return self.scale * self.similarities(X)
 
     def predict(self, X) -> np.ndarray:
+        self._check_fitted()
         return self.classes_[self.similarities(X).argmax(axis=1)]
 
     def add_class(self, sku: str, X) -> PrototypeHead:
@@ -64,11 +69,14 @@ class PrototypeHead(BaseEstimator):
         hit = np.flatnonzero(self.classes_ == sku)
         if hit.size:
             i = int(hit[0])
-            total = self.prototypes_[i] * self.counts_[i] + Xn.sum(axis=0)
+            total = self.prototypes_[i] * self.resultant_norms_[i] + Xn.sum(axis=0)
             self.prototypes_[i] = l2_normalize(total[None])[0]
+            self.resultant_norms_[i] = np.linalg.norm(total)
             self.counts_[i] += X.shape[0]
         else:
+            total = Xn.sum(axis=0, keepdims=True)
             self.classes_ = np.append(self.classes_, sku)
-            self.prototypes_ = np.vstack([self.prototypes_, l2_normalize(Xn.mean(axis=0, keepdims=True))])
+            self.prototypes_ = np.vstack([self.prototypes_, l2_normalize(total)])
+            self.resultant_norms_ = np.append(self.resultant_norms_, np.linalg.norm(total)).astype(np.float32)
             self.counts_ = np.append(self.counts_, X.shape[0]).astype(np.int64)
         return self

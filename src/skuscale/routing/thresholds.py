@@ -12,7 +12,12 @@ Two rules are available (``method`` of :func:`fit_thresholds`):
       p_sku(t)    = (c_t + k * p_cat(t)) / (n_t + k)
 
   (``k = prior_strength``, each line with that group's own counts). A group's
-  threshold is the smallest observed confidence ``t`` with ``p(t) >= target``.
+  threshold is the smallest observed confidence ``t`` whose Beta posterior,
+  ``Beta(c_t + k * prior, n_t - c_t + k * (1 - prior))``, has its lower
+  ``1 - confidence_level`` quantile at or above the target (at
+  ``confidence_level=0.5``, the posterior mean ``p(t)`` itself). Selecting on a
+  lower credible bound rather than the mean keeps the search over many
+  thresholds and SKUs from rewarding lucky streaks.
   Temperature-scaled confidences are the prior because they are already an
   estimate of precision; a SKU's own held-out errors pull its estimate down and
   its threshold up, in proportion to how much evidence it has. A group with
@@ -465,6 +470,15 @@ def _counts_at(conf: np.ndarray, corr: np.ndarray, grid: np.ndarray) -> tuple[np
     return (conf.size - start).astype(np.float64), correct_suffix[start].astype(np.float64)
 
 
+def _beta_lower(a: np.ndarray, b: np.ndarray, level: float) -> np.ndarray:
+    """Lower ``1 - level`` quantile of Beta(a, b); at ``level == 0.5`` the posterior mean."""
+    if level == 0.5:
+        return a / np.maximum(a + b, 1e-12)
+    from scipy.stats import beta
+
+    return beta.ppf(1.0 - level, np.maximum(a, 1e-9), np.maximum(b, 1e-9))
+
+
 def _smallest_meeting(grid: np.ndarray, estimate: np.ndarray, has_rows: np.ndarray, target: float) -> float:
     ok = np.flatnonzero((estimate >= target) & has_rows)
     return float(grid[ok].min()) if ok.size else NEVER_ACCEPT
@@ -497,13 +511,16 @@ def _fit_shrinkage(
     conf_suffix = np.concatenate([np.cumsum(conf[order][::-1])[::-1], [0.0]])
     mean_conf = conf_suffix[np.searchsorted(conf[order], grid)] / np.maximum(n_all, 1)
     p_global = (c_all + k * mean_conf) / (n_all + k)
-    g_thr = _smallest_meeting(grid, p_global, n_all > 0, target)
+    g_bound = _beta_lower(c_all + k * mean_conf, (n_all - c_all) + k * (1.0 - mean_conf), level)
+    g_thr = _smallest_meeting(grid, g_bound, n_all > 0, target)
 
     def level_threshold(rows: np.ndarray, prior: np.ndarray, parent_thr: float, parent_source: str, own: str):
         n, c = _counts_at(conf[rows], corr[rows], grid)
         estimate = (c + k * prior) / (n + k)
-        # Where the group has no rows at or above t, the parent's estimate stands.
-        own_thr = _smallest_meeting(grid, estimate, np.ones_like(n, bool), target)
+        # Pick t on a lower credible bound, not the mean: taking the smallest of many
+        # noisy estimates that clear the target would otherwise favour lucky streaks.
+        bound = _beta_lower(c + k * prior, (n - c) + k * (1.0 - prior), level)
+        own_thr = _smallest_meeting(grid, bound, np.ones_like(n, bool), target)
         if int(rows.sum()) >= min_support:
             return own_thr, own, estimate
         if own_thr > parent_thr:
