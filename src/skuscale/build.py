@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skuscale.bundle import BACKBONE_FILE, Bundle
+from skuscale.bundle import BACKBONE_FILE, Bundle, image_digests
 from skuscale.data import Dataset, load_dataset, validate_dataset
 from skuscale.embed.cache import EmbeddingCache, content_key
 from skuscale.exceptions import SkuscaleError
@@ -183,7 +183,9 @@ def build_bundle(
         step=hooks.step,
     )
     counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
+    digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
     bundle = Bundle(
+        training_digests=digests,
         model=model,
         preprocessing=embedder.preprocessing,
         backbone={

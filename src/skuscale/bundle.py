@@ -44,6 +44,14 @@ def _sha256(path: Path) -> str:
 
 
 REQUIRED_FILES = ("head.npz", "prototypes.npz", "detector.npz")
+TRAINING_IMAGES = "training_images.npz"
+DIGEST_BYTES = 16
+
+
+def image_digests(blobs) -> np.ndarray:
+    """sha256 prefixes (n, 16) of image files' bytes, as stored in ``training_images.npz``."""
+    rows = [np.frombuffer(hashlib.sha256(b).digest()[:DIGEST_BYTES], dtype=np.uint8).copy() for b in blobs]
+    return np.stack(rows) if rows else np.zeros((0, DIGEST_BYTES), np.uint8)
 
 
 def _manifest_digest(doc: dict[str, Any]) -> str:
@@ -105,6 +113,9 @@ class Bundle:
         Everything else recorded in ``bundle.json`` (training data, metrics, targets).
     root : Path or None
         Folder the bundle lives in.
+    training_digests : ndarray of uint8, shape (n, 16), optional
+        sha256 prefixes of every training image, so evaluation can tell when it
+        is scoring images the bundle was fitted on.
     """
 
     model: RecognitionModel
@@ -112,6 +123,7 @@ class Bundle:
     backbone: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
+    training_digests: np.ndarray | None = None
     _embedder: Any = field(default=None, repr=False)
 
     @property
@@ -145,6 +157,9 @@ class Bundle:
             **_jsonable(self.metadata),
         }
         files = ["head.npz", "prototypes.npz", "detector.npz", self.backbone["onnx"]]
+        if self.training_digests is not None:
+            np.savez(root / TRAINING_IMAGES, sha256_prefix=np.asarray(self.training_digests, dtype=np.uint8))
+            files.append(TRAINING_IMAGES)
         doc["files"] = {name: _sha256(root / name) for name in files}
         doc["manifest_sha256"] = _manifest_digest(doc)
         tmp = root / (MANIFEST + ".tmp")
@@ -225,7 +240,21 @@ class Bundle:
             "manifest_sha256",
         }
         metadata = {k: v for k, v in doc.items() if k not in reserved}
-        return cls(model=model, preprocessing=preprocessing, backbone=doc["backbone"], metadata=metadata, root=root)
+        digests = None
+        if TRAINING_IMAGES in doc["files"]:
+            with np.load(root / TRAINING_IMAGES, allow_pickle=False) as npz:
+                digests = npz["sha256_prefix"]
+        return cls(
+            model=model, preprocessing=preprocessing, backbone=doc["backbone"], metadata=metadata, root=root,
+            training_digests=digests,
+        )
+
+    def seen_in_training(self, blobs) -> np.ndarray:
+        """Boolean mask: which of these image files (bytes) the bundle was fitted on."""
+        if self.training_digests is None or len(self.training_digests) == 0:
+            return np.zeros(len(blobs), bool)
+        known = {row.tobytes() for row in self.training_digests}
+        return np.array([row.tobytes() in known for row in image_digests(blobs)], dtype=bool)
 
     # ---------------------------------------------------------------- prediction
     def embedder(self, *, threads: int | None = None):

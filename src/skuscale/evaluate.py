@@ -85,7 +85,8 @@ def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32
     """Predict every image of ``data`` (manifest or folder) and score the decisions.
 
     ``images_per_second`` times the whole prediction stage, decoding included, with
-    no embedding cache.
+    no embedding cache. ``n_seen_in_training`` counts images whose exact bytes the
+    bundle was fitted on (the numbers are then in-sample).
     """
     from skuscale.embed.pipeline import embed_paths
 
@@ -104,4 +105,6 @@ def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32
     )
     metrics["images_per_second"] = len(ds) / elapsed if elapsed > 0 else None
     metrics["data"] = str(data)
+    # Scoring images the bundle was fitted on measures memory, not recognition.
+    metrics["n_seen_in_training"] = int(bundle.seen_in_training([p.read_bytes() for p in ds.paths]).sum())
     return metrics

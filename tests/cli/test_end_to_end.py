@@ -41,7 +41,7 @@ def _val_rows(small_real) -> list[dict]:
 
 def test_bundle_contents(bundle_dir, small_real):
     doc = json.loads((bundle_dir / "bundle.json").read_text())
-    assert set(doc["files"]) == {"backbone.onnx", "head.npz", "prototypes.npz", "detector.npz"}
+    assert set(doc["files"]) == {"backbone.onnx", "head.npz", "prototypes.npz", "detector.npz", "training_images.npz"}
     assert UNKNOWN_SKU not in doc["catalogue"]["skus"]
     assert sorted(doc["catalogue"]["skus"]) == sorted(s for s in small_real["skus"] if s != UNKNOWN_SKU)
     assert doc["backbone"]["export_max_abs_diff"] <= 1e-4
@@ -178,3 +178,15 @@ def test_exclude_unknown_sku_is_a_clear_error(small_real, tmp_path, cache_dir):
                                  "--out", str(tmp_path / "b"), "--cache-dir", str(cache_dir)])
     assert result.exit_code == 1
     assert "No-Such-SKU" in result.output.replace("\n", "")
+
+
+def test_evaluate_counts_images_the_bundle_was_fitted_on(bundle_dir, small_real, tmp_path):
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["evaluate", str(bundle_dir), "--data", str(small_real["train"]), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    # Every training image of a SKU in the bundle is recognised as seen; the excluded SKU's are not.
+    with open(small_real["train"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert m["n_seen_in_training"] == sum(r["sku"] != UNKNOWN_SKU for r in rows)
+    assert "in-sample" in " ".join(result.output.split())

@@ -162,6 +162,11 @@ def evaluate(
         table.add_row(key, _fmt(metrics.get(key)))
     table.add_row("bands", ", ".join(f"{k} {v}" for k, v in metrics["bands"].items()))
     console.print(table)
+    if metrics["n_seen_in_training"]:
+        Console(stderr=True).print(
+            f"[bold yellow]warning:[/] {metrics['n_seen_in_training']} of {metrics['n_items']} images were used to "
+            "build this bundle; these numbers are in-sample, not a measure of recognition on new photos."
+        )
 
 
 @app.command()
