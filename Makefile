@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 resolves to the CPU wheel on this machine's disk (see DEVELOPERS.md).
-	$(BIN)/pip install --quiet -e '.[train,dev]'
+	$(BIN)/pip install --quiet -e '.[train,assess,edge,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
