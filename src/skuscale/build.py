@@ -13,6 +13,7 @@ import numpy as np
 
 from skuscale.bundle import BACKBONE_FILE, Bundle, image_digests
 from skuscale.data import Dataset, load_dataset, validate_dataset
+from skuscale.data.preprocess import Preprocessing
 from skuscale.embed.cache import EmbeddingCache, content_key
 from skuscale.exceptions import SkuscaleError
 from skuscale.training import TrainingConfig, fit_recognition_model
@@ -87,6 +88,104 @@ def _collect(
     if len(train_ds.skus) < 2:
         raise SkuscaleError("training data needs at least two SKUs")
     return train_ds, val_ds, ref_ds
+
+
+def _fit_and_package(
+    X: np.ndarray,
+    y: np.ndarray,
+    origin: np.ndarray,
+    sku_to_category: dict[str, str],
+    *,
+    cfg: TrainingConfig,
+    hooks: BuildProgress,
+    training: dict,
+) -> tuple:
+    """Fit the decision stack on embeddings; shared by image and embedding-file builds."""
+    has_val = bool((origin == "val").any())
+    model, report = fit_recognition_model(
+        X,
+        y,
+        sku_to_category=sku_to_category,
+        calibration_rows=(origin == "val") if has_val else (origin == "train"),
+        holdout=has_val,
+        config=cfg,
+        step=hooks.step,
+    )
+    counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
+    metadata = {
+        "targets": {"auto_precision": cfg.target_precision, "ood_flag_rate": cfg.ood_flag_rate},
+        "training": {
+            **training,
+            "train_counts": counts,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        },
+        "build": report.to_dict(),
+    }
+    return model, metadata
+
+
+def _publish(bundle: Bundle, staging: Path, out: Path, hooks: BuildProgress) -> None:
+    hooks.step("writing the bundle")
+    bundle.save(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    bundle.root = out
+
+
+def build_bundle_from_embeddings(
+    embeddings: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    exclude_skus: Sequence[str] = (),
+    config: TrainingConfig | None = None,
+    progress: BuildProgress | None = None,
+) -> BuildResult:
+    """Fit a bundle on an embedding file (see :mod:`skuscale.data.embeddings`).
+
+    Rows with ``split == "train"`` train the head; ``"val"`` rows, when present,
+    are the held-out calibration set (as ``--val`` for images); ``"test"`` rows are
+    ignored. The bundle has no image backbone: it evaluates embeddings only.
+    """
+    from skuscale.data.embeddings import load_embeddings
+
+    started = time.perf_counter()
+    hooks = progress or BuildProgress()
+    cfg = config or TrainingConfig()
+    hooks.step(f"reading embeddings {embeddings}")
+    data = load_embeddings(embeddings)
+    keep = np.ones(len(data), bool) if data.split is None else np.isin(data.split, ["train", "val"])
+    if exclude_skus:
+        unknown = sorted(set(exclude_skus) - set(data.sku[keep].tolist()))
+        if unknown:
+            raise SkuscaleError(f"--exclude-sku names SKUs that are not in the training data: {', '.join(unknown)}")
+        keep &= ~np.isin(data.sku, list(exclude_skus))
+    data = data.select(keep)
+    origin = np.full(len(data), "train") if data.split is None else data.split
+    if np.unique(data.sku[origin == "train"]).size < 2:
+        raise SkuscaleError("training data needs at least two SKUs")
+    model, metadata = _fit_and_package(
+        data.X, data.sku, origin, data.categories(), cfg=cfg, hooks=hooks,
+        training={
+            "embeddings": str(embeddings),
+            "simulated": data.simulated,
+            "embedding_meta": data.meta,
+            "excluded_skus": sorted(exclude_skus),
+            "n_images": {label: int((origin == label).sum()) for label in ("train", "val") if (origin == label).any()},
+        },
+    )
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    bundle = Bundle(
+        model=model,
+        preprocessing=Preprocessing(),
+        backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
+        metadata=metadata,
+    )
+    _publish(bundle, staging, out, hooks)
+    return BuildResult(bundle=bundle, seconds=time.perf_counter() - started, cache_hits=0, cache_misses=0)
 
 
 def build_bundle(
@@ -173,16 +272,16 @@ def build_bundle(
     check_batch = preprocess_batch([load_image(p) for p in check_paths], embedder.preprocessing)
     export_diff = verify_export(net, onnx_path, check_batch)
 
-    model, report = fit_recognition_model(
-        X,
-        y,
-        sku_to_category=sku_to_category,
-        calibration_rows=(origin == "val") if val_ds is not None else (origin == "train"),
-        holdout=val_ds is not None,
-        config=cfg,
-        step=hooks.step,
+    model, metadata = _fit_and_package(
+        X, y, origin, sku_to_category, cfg=cfg, hooks=hooks,
+        training={
+            "train": str(train),
+            "val": str(val) if val else None,
+            "reference": str(reference) if reference else None,
+            "excluded_skus": sorted(exclude_skus),
+            "n_images": {label: len(ds) for label, ds in parts},
+        },
     )
-    counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
     bundle = Bundle(
         training_digests=digests,
@@ -196,26 +295,9 @@ def build_bundle(
             "export_max_abs_diff": export_diff,
             "export_check_images": len(check_paths),
         },
-        metadata={
-            "targets": {"auto_precision": cfg.target_precision, "ood_flag_rate": cfg.ood_flag_rate},
-            "training": {
-                "train": str(train),
-                "val": str(val) if val else None,
-                "reference": str(reference) if reference else None,
-                "excluded_skus": sorted(exclude_skus),
-                "n_images": {label: len(ds) for label, ds in parts},
-                "train_counts": counts,
-                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-            },
-            "build": report.to_dict(),
-        },
+        metadata=metadata,
     )
-    hooks.step("writing the bundle")
-    bundle.save(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
-    bundle.root = out
+    _publish(bundle, staging, out, hooks)
     return BuildResult(
         bundle=bundle, seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses
     )

@@ -130,13 +130,19 @@ class Bundle:
     def skus(self) -> list[str]:
         return self.model.skus
 
+    @property
+    def simulated(self) -> bool:
+        """Whether the bundle was fitted on a simulated embedding catalogue."""
+        return bool(self.metadata.get("training", {}).get("simulated", False))
+
     # ---------------------------------------------------------------- persistence
     def save(self, root: str | os.PathLike) -> Path:
         """Write the arrays and ``bundle.json`` into ``root`` (the ONNX file must already be there)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        if not (root / self.backbone["onnx"]).is_file():
-            raise BundleError(f"{root / self.backbone['onnx']} is missing; export the backbone first")
+        onnx_name = self.backbone.get("onnx")
+        if onnx_name is not None and not (root / onnx_name).is_file():
+            raise BundleError(f"{root / onnx_name} is missing; export the backbone first")
         m = self.model
         doc: dict[str, Any] = {
             "format": FORMAT,
@@ -156,7 +162,7 @@ class Bundle:
             "routing": m.router.to_dict(),
             **_jsonable(self.metadata),
         }
-        files = ["head.npz", "prototypes.npz", "detector.npz", self.backbone["onnx"]]
+        files = ["head.npz", "prototypes.npz", "detector.npz"] + ([onnx_name] if onnx_name else [])
         if self.training_digests is not None:
             np.savez(root / TRAINING_IMAGES, sha256_prefix=np.asarray(self.training_digests, dtype=np.uint8))
             files.append(TRAINING_IMAGES)
@@ -264,6 +270,11 @@ class Bundle:
 
             if self.root is None:
                 raise BundleError("bundle has no folder; save or load it first")
+            if not self.backbone.get("onnx"):
+                raise BundleError(
+                    "this bundle was built from an embedding file and has no image backbone; "
+                    "evaluate it with --embeddings"
+                )
             self._embedder = OnnxEmbedder(self.root / self.backbone["onnx"], self.preprocessing, threads=threads)
         return self._embedder
 

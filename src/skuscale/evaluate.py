@@ -108,3 +108,37 @@ def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32
     # Scoring images the bundle was fitted on measures memory, not recognition.
     metrics["n_seen_in_training"] = int(bundle.seen_in_training([p.read_bytes() for p in ds.paths]).sum())
     return metrics
+
+
+def evaluate_embeddings(bundle: Bundle, data, *, split: str | None = None) -> dict:
+    """Score a bundle on an embedding file (:mod:`skuscale.data.embeddings`).
+
+    ``split`` picks rows (default: the ``"test"`` rows when the file has any, else
+    all rows). Simulated data is labelled as such in the result.
+    """
+    from skuscale.data.embeddings import EmbeddingDataset, load_embeddings
+
+    ds = data if isinstance(data, EmbeddingDataset) else load_embeddings(data)
+    if split is None and ds.split is not None and (ds.split == "test").any():
+        split = "test"
+    if split is not None:
+        if ds.split is None:
+            raise ValueError(f"{ds.source} has no split column; cannot select split {split!r}")
+        ds = ds.select(ds.split == split)
+    if len(ds) == 0:
+        raise ValueError(f"no rows to evaluate in {ds.source} (split {split!r})")
+    started = time.perf_counter()
+    decisions = bundle.model.decide(ds.X)
+    elapsed = time.perf_counter() - started
+    metrics = decision_metrics(
+        decisions,
+        ds.sku,
+        catalogue=bundle.skus,
+        sku_to_category=bundle.model.sku_to_category,
+        true_categories=list(ds.category) if ds.category is not None else None,
+    )
+    metrics["decisions_per_second"] = len(ds) / elapsed if elapsed > 0 else None
+    metrics["data"] = ds.source
+    metrics["split"] = split
+    metrics["simulated"] = ds.simulated
+    return metrics

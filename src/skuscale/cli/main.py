@@ -26,6 +26,8 @@ HELP = {
     "train": "Training manifest (CSV path,sku,category) or image folder DIR/<sku>/*.jpg.",
     "val": "Validation manifest (other shooting sessions): cross-fitted to set temperature, thresholds "
     "and the OOD cut-off, then trained on.",
+    "embeddings": "An embedding file (.npz: X, sku[, category, split, meta]) instead of images, e.g. from "
+    "skuscale simulate.",
     "exclude_sku": "Drop this SKU entirely (repeatable); it becomes an unknown product.",
     "backbone": "Backbone: efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2.",
     "demo_data": "Folder with train.csv and val.csv (default ../shared/grocery-store, else the embedded sample).",
@@ -48,8 +50,9 @@ def _fmt(value) -> str:
 
 @app.command()
 def build(
-    train: Annotated[Path, typer.Option(help=HELP["train"])],
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
+    train: Annotated[Path | None, typer.Option(help=HELP["train"])] = None,
+    embeddings: Annotated[Path | None, typer.Option(help=HELP["embeddings"])] = None,
     val: Annotated[Path | None, typer.Option(help=HELP["val"])] = None,
     reference: Annotated[Path | None, typer.Option(help="Reference pack shots (one or more per SKU).")] = None,
     exclude_sku: Annotated[list[str] | None, typer.Option(help=HELP["exclude_sku"])] = None,
@@ -69,12 +72,23 @@ def build(
         fail("--target-precision must be in [0.5, 1)", 2)
     if not 0.0 < ood_flag_rate < 0.5:
         fail("--ood-flag-rate must be in (0, 0.5)", 2)
+    if (train is None) == (embeddings is None):
+        fail("give exactly one of --train (images) or --embeddings (an embedding file)", 2)
+    if embeddings is not None and (val or reference):
+        fail("--val and --reference apply to images; an embedding file carries its own split column", 2)
     config = TrainingConfig(target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed)
     try:
-        result = build_bundle(
-            train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
-            cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(),
-        )
+        if embeddings is not None:
+            from skuscale.build import build_bundle_from_embeddings
+
+            result = build_bundle_from_embeddings(
+                embeddings, out, exclude_skus=exclude_sku or [], config=config, progress=RichBuildProgress()
+            )
+        else:
+            result = build_bundle(
+                train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
+                cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(),
+            )
     except SkuscaleError as exc:
         fail(str(exc))
     b = result.bundle
@@ -88,7 +102,10 @@ def build(
     table.add_row("temperature", _fmt(build_info["temperature"]))
     table.add_row("OOD detector", build_info["detector"])
     table.add_row("held-out-SKU detection", _fmt(build_info["heldout_detection_rate"]))
-    table.add_row("export max |torch - onnx|", f"{b.backbone['export_max_abs_diff']:.2e}")
+    if b.backbone.get("onnx"):
+        table.add_row("export max |torch - onnx|", f"{b.backbone['export_max_abs_diff']:.2e}")
+    if b.simulated:
+        table.add_row("data", "[bold yellow]SIMULATED embeddings[/]")
     table.add_row("cache hits / misses", f"{result.cache_hits} / {result.cache_misses}")
     table.add_row("build time", f"{result.seconds:.1f} s")
     console.print(table)
@@ -106,6 +123,7 @@ def predict(
 
     try:
         b = Bundle.load(bundle)
+        b.embedder()
     except SkuscaleError as exc:
         fail(str(exc))
     failed = 0
@@ -137,32 +155,41 @@ def predict(
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    data: Annotated[Path, typer.Option(help="Manifest or image folder with ground truth.")],
+    data: Annotated[Path | None, typer.Option(help="Manifest or image folder with ground truth.")] = None,
+    embeddings: Annotated[Path | None, typer.Option(help="An embedding file instead of images.")] = None,
+    split: Annotated[str | None, typer.Option(help="With --embeddings: the split to score (default test if present)."
+                                              )] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
 ) -> None:
     """Evaluate a bundle; SKUs outside its catalogue count as unknown products."""
     from skuscale.bundle import Bundle
     from skuscale.cli.progress import image_progress
-    from skuscale.evaluate import evaluate_bundle
+    from skuscale.evaluate import evaluate_bundle, evaluate_embeddings
 
+    if (data is None) == (embeddings is None):
+        fail("give exactly one of --data (images) or --embeddings (an embedding file)", 2)
     try:
         b = Bundle.load(bundle)
-        with image_progress() as bar:
-            task = bar.add_task("predicting", total=None)
-            metrics = evaluate_bundle(b, data, progress=lambda n: bar.advance(task, n))
-    except SkuscaleError as exc:
+        if embeddings is not None:
+            metrics = evaluate_embeddings(b, embeddings, split=split)
+        else:
+            with image_progress() as bar:
+                task = bar.add_task("predicting", total=None)
+                metrics = evaluate_bundle(b, data, progress=lambda n: bar.advance(task, n))
+    except (SkuscaleError, ValueError) as exc:
         fail(str(exc))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(metrics, indent=2))
-    table = Table("metric", "value", title=f"{bundle} on {data}")
+    simulated = " [bold yellow](SIMULATED)[/]" if metrics.get("simulated") else ""
+    table = Table("metric", "value", title=f"{bundle} on {data or embeddings}{simulated}")
     for key in ("n_items", "n_known", "n_unknown", "top1", "coarse_top1", "automation_rate", "auto_precision",
                 "silent_error_rate", "unknown_flag_rate", "unknown_accept_rate", "ood_auroc", "ece",
-                "per_class_top1_std_pp", "per_class_top1_min", "images_per_second"):
+                "per_class_top1_std_pp", "per_class_top1_min", "images_per_second", "decisions_per_second"):
         table.add_row(key, _fmt(metrics.get(key)))
     table.add_row("bands", ", ".join(f"{k} {v}" for k, v in metrics["bands"].items()))
     console.print(table)
-    if metrics["n_seen_in_training"]:
+    if metrics.get("n_seen_in_training"):
         Console(stderr=True).print(
             f"[bold yellow]warning:[/] {metrics['n_seen_in_training']} of {metrics['n_items']} images were used to "
             "build this bundle; these numbers are in-sample, not a measure of recognition on new photos."
