@@ -283,8 +283,10 @@ def build_bundle(
         },
     )
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
+    trained = (origin != "val") | cfg.final_on_calibration
     bundle = Bundle(
         training_digests=digests,
+        digest_trained=trained,
         model=model,
         preprocessing=embedder.preprocessing,
         backbone={

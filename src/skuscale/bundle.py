@@ -114,8 +114,11 @@ class Bundle:
     root : Path or None
         Folder the bundle lives in.
     training_digests : ndarray of uint8, shape (n, 16), optional
-        sha256 prefixes of every training image, so evaluation can tell when it
-        is scoring images the bundle was fitted on.
+        sha256 prefixes of every image used to build the bundle, so evaluation can
+        tell when it is scoring images the bundle was fitted on.
+    digest_trained : ndarray of bool, shape (n,), optional
+        Per digest, whether the head trained on that image (False: it only
+        calibrated temperature, thresholds and the OOD cut-off).
     """
 
     model: RecognitionModel
@@ -124,6 +127,7 @@ class Bundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
     training_digests: np.ndarray | None = None
+    digest_trained: np.ndarray | None = None
     _embedder: Any = field(default=None, repr=False)
 
     @property
@@ -164,7 +168,14 @@ class Bundle:
         }
         files = ["head.npz", "prototypes.npz", "detector.npz"] + ([onnx_name] if onnx_name else [])
         if self.training_digests is not None:
-            np.savez(root / TRAINING_IMAGES, sha256_prefix=np.asarray(self.training_digests, dtype=np.uint8))
+            trained = (
+                np.ones(len(self.training_digests), bool) if self.digest_trained is None else self.digest_trained
+            )
+            np.savez(
+                root / TRAINING_IMAGES,
+                sha256_prefix=np.asarray(self.training_digests, dtype=np.uint8),
+                trained=np.asarray(trained, dtype=bool),
+            )
             files.append(TRAINING_IMAGES)
         doc["files"] = {name: _sha256(root / name) for name in files}
         doc["manifest_sha256"] = _manifest_digest(doc)
@@ -246,21 +257,28 @@ class Bundle:
             "manifest_sha256",
         }
         metadata = {k: v for k, v in doc.items() if k not in reserved}
-        digests = None
+        digests = trained = None
         if TRAINING_IMAGES in doc["files"]:
             with np.load(root / TRAINING_IMAGES, allow_pickle=False) as npz:
                 digests = npz["sha256_prefix"]
+                trained = npz["trained"] if "trained" in npz.files else np.ones(len(digests), bool)
         return cls(
             model=model, preprocessing=preprocessing, backbone=doc["backbone"], metadata=metadata, root=root,
-            training_digests=digests,
+            training_digests=digests, digest_trained=trained,
         )
 
-    def seen_in_training(self, blobs) -> np.ndarray:
-        """Boolean mask: which of these image files (bytes) the bundle was fitted on."""
+    def image_roles(self, blobs) -> np.ndarray:
+        """Per image file (bytes): 2 = the head trained on it, 1 = it only calibrated the bundle, 0 = unseen."""
+        blobs = list(blobs)
         if self.training_digests is None or len(self.training_digests) == 0:
-            return np.zeros(len(blobs), bool)
-        known = {row.tobytes() for row in self.training_digests}
-        return np.array([row.tobytes() in known for row in image_digests(blobs)], dtype=bool)
+            return np.zeros(len(blobs), np.int8)
+        trained = np.ones(len(self.training_digests), bool) if self.digest_trained is None else self.digest_trained
+        role = {row.tobytes(): 2 if t else 1 for row, t in zip(self.training_digests, trained, strict=True)}
+        return np.array([role.get(row.tobytes(), 0) for row in image_digests(blobs)], dtype=np.int8)
+
+    def seen_in_training(self, blobs) -> np.ndarray:
+        """Boolean mask: which of these image files (bytes) the head was trained on."""
+        return self.image_roles(blobs) == 2
 
     # ---------------------------------------------------------------- prediction
     def embedder(self, *, threads: int | None = None):

@@ -86,7 +86,8 @@ def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32
 
     ``images_per_second`` times the whole prediction stage, decoding included, with
     no embedding cache. ``n_seen_in_training`` counts images whose exact bytes the
-    bundle was fitted on (the numbers are then in-sample).
+    head was trained on (the numbers are then in-sample); ``n_used_for_calibration``
+    those that only set temperature, thresholds and the OOD cut-off.
     """
     from skuscale.embed.pipeline import embed_paths
 
@@ -106,7 +107,9 @@ def evaluate_bundle(bundle: Bundle, data, *, progress=None, batch_size: int = 32
     metrics["images_per_second"] = len(ds) / elapsed if elapsed > 0 else None
     metrics["data"] = str(data)
     # Scoring images the bundle was fitted on measures memory, not recognition.
-    metrics["n_seen_in_training"] = int(bundle.seen_in_training([p.read_bytes() for p in ds.paths]).sum())
+    roles = bundle.image_roles(p.read_bytes() for p in ds.paths)
+    metrics["n_seen_in_training"] = int((roles == 2).sum())
+    metrics["n_used_for_calibration"] = int((roles == 1).sum())
     return metrics
 
 

@@ -190,3 +190,20 @@ def test_evaluate_counts_images_the_bundle_was_fitted_on(bundle_dir, small_real,
         rows = list(csv.DictReader(fh))
     assert m["n_seen_in_training"] == sum(r["sku"] != UNKNOWN_SKU for r in rows)
     assert "in-sample" in " ".join(result.output.split())
+
+
+def test_no_train_on_val_keeps_validation_images_out_of_the_head(small_real, cache_dir, tmp_path):
+    out = tmp_path / "b"
+    result = runner.invoke(app, [
+        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "--out", str(out), "--cache-dir", str(cache_dir), "--no-train-on-val",
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "bundle.json").read_text())["training"]["config"]["final_on_calibration"] is False
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(app, ["evaluate", str(out), "--data", str(small_real["val"]), "--json", str(metrics)])
+    assert result.exit_code == 0, result.output
+    m = json.loads(metrics.read_text())
+    assert m["n_seen_in_training"] == 0
+    assert m["n_used_for_calibration"] == m["n_items"]
+    assert "never trained on them" in " ".join(result.output.split())

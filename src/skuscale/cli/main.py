@@ -28,6 +28,8 @@ HELP = {
     "and the OOD cut-off, then trained on.",
     "embeddings": "An embedding file (.npz: X, sku[, category, split, meta]) instead of images, e.g. from "
     "skuscale simulate.",
+    "train_on_val": "After calibrating on the validation set, also train the final head on it (default). "
+    "--no-train-on-val keeps it out, so evaluating on it measures the head honestly.",
     "exclude_sku": "Drop this SKU entirely (repeatable); it becomes an unknown product.",
     "backbone": "Backbone: efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2.",
     "demo_data": "Folder with train.csv and val.csv (default ../shared/grocery-store, else the embedded sample).",
@@ -62,6 +64,7 @@ def build(
     ood_flag_rate: Annotated[float, typer.Option(help="Share of known items the OOD stage may flag.")] = 0.05,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and held-out SKUs.")] = 0,
+    train_on_val: Annotated[bool, typer.Option(help=HELP["train_on_val"])] = True,
 ) -> None:
     """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
     from skuscale.build import build_bundle
@@ -76,7 +79,9 @@ def build(
         fail("give exactly one of --train (images) or --embeddings (an embedding file)", 2)
     if embeddings is not None and (val or reference):
         fail("--val and --reference apply to images; an embedding file carries its own split column", 2)
-    config = TrainingConfig(target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed)
+    config = TrainingConfig(
+        target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed, final_on_calibration=train_on_val
+    )
     try:
         if embeddings is not None:
             from skuscale.build import build_bundle_from_embeddings
@@ -186,13 +191,19 @@ def evaluate(
     for key in ("n_items", "n_known", "n_unknown", "top1", "coarse_top1", "automation_rate", "auto_precision",
                 "silent_error_rate", "unknown_flag_rate", "unknown_accept_rate", "ood_auroc", "ece",
                 "per_class_top1_std_pp", "per_class_top1_min", "images_per_second", "decisions_per_second"):
-        table.add_row(key, _fmt(metrics.get(key)))
+        if key in metrics:
+            table.add_row(key, _fmt(metrics[key]))
     table.add_row("bands", ", ".join(f"{k} {v}" for k, v in metrics["bands"].items()))
     console.print(table)
     if metrics.get("n_seen_in_training"):
         Console(stderr=True).print(
             f"[bold yellow]warning:[/] {metrics['n_seen_in_training']} of {metrics['n_items']} images were used to "
-            "build this bundle; these numbers are in-sample, not a measure of recognition on new photos."
+            "train this bundle's head; these numbers are in-sample, not a measure of recognition on new photos."
+        )
+    elif metrics.get("n_used_for_calibration"):
+        Console(stderr=True).print(
+            f"[yellow]note:[/] {metrics['n_used_for_calibration']} of {metrics['n_items']} images calibrated this "
+            "bundle (temperature, thresholds, OOD cut-off); the head never trained on them."
         )
 
 
@@ -210,6 +221,11 @@ def demo(
     except SkuscaleError as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+app.command(name="export")(__import__("skuscale.cli.export", fromlist=["export"]).export)
+app.command(name="assess")(__import__("skuscale.cli.assess", fromlist=["assess"]).assess)
+app.command(name="serve")(__import__("skuscale.cli.serve", fromlist=["serve"]).serve)
 
 
 def main() -> None:  # pragma: no cover - entry point

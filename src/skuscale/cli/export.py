@@ -1,0 +1,98 @@
+"""``skuscale export``: one-graph edge pipeline, optionally with an INT8 backbone."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from skuscale.exceptions import SkuscaleError
+
+console = Console()
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _pts(value) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    out: Annotated[Path, typer.Option(help="Edge bundle folder to write (bundle + pipeline.onnx).")],
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise the backbone (static QDQ INT8).")] = False,
+    calibration: Annotated[Path | None, typer.Option(
+        help="Calibration manifest (default: the bundle's training manifest).")] = None,
+    evaluation: Annotated[Path | None, typer.Option(
+        "--eval", help="Manifest for the fp32 vs INT8 per-SKU table (default: the bundle's validation manifest).")
+    ] = None,
+    calibration_per_sku: Annotated[int, typer.Option(help="Calibration images per SKU.")] = 2,
+    exclude_node: Annotated[list[str] | None, typer.Option(help="Backbone node kept in fp32 (repeatable).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the export report (JSON) here.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
+) -> None:
+    """Export BUNDLE for edge devices: one ONNX graph (backbone→bands), optionally INT8 with its per-SKU cost."""
+    from skuscale.edge.export import export_bundle
+
+    if calibration_per_sku < 1:
+        console.print("[bold red]error:[/] --calibration-per-sku must be at least 1")
+        raise typer.Exit(2)
+    # onnxruntime's quantiser logs pre-processing advice through the root logger.
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        result = export_bundle(
+            bundle, out, int8=int8, calibration=calibration, evaluation=evaluation,
+            calibration_per_sku=calibration_per_sku, exclude_nodes=exclude_node or [], cache_dir=cache_dir,
+            step=lambda message: console.print(f"[dim]{message}[/]"),
+        )
+    except (SkuscaleError, ValueError, OSError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=2))
+    table = Table(title=f"edge bundle {out}", show_header=False)
+    for name, size in result["files"].items():
+        table.add_row(name, f"{size / 1e6:.2f} MB")
+    check = result.get("pipeline_check")
+    if check:
+        table.add_row("pipeline vs Python (check images)",
+                      f"bands {_pct(check['band_agreement'])}, SKUs {_pct(check['sku_agreement'])}, "
+                      f"max |Δconf| {check['max_confidence_diff']:.1e}")
+    failed = False
+    q = result.get("quantization")
+    if q:
+        o = q["impact"]["overall"]
+        table.add_row("top-1 fp32 → int8", f"{_pct(o['top1_fp32'])} → {_pct(o['top1_int8'])} "
+                                          f"({_pts(o['top1_change_points'])} pts)")
+        table.add_row("automation fp32 → int8", f"{_pct(o['automation_fp32'])} → {_pct(o['automation_int8'])}")
+        table.add_row("auto-accept precision fp32 → int8",
+                      f"{_pct(o['auto_precision_fp32'])} → {_pct(o['auto_precision_int8'])}")
+        table.add_row("band agreement fp32 vs int8", _pct(o["band_agreement"]))
+        deciles = q["impact"]["deciles"]
+        if deciles:
+            for part in ("bottom", "top"):
+                d = deciles[part]
+                table.add_row(f"{part} decile by samples ({d['train_count_range'][0]}–{d['train_count_range'][1]})",
+                              f"top-1 {_pct(d['mean_top1_fp32'])} → {_pct(d['mean_top1_int8'])}")
+        flagged = q["impact"]["flagged"]
+        table.add_row(f"SKUs losing > {q['impact']['flag_points']:g} pts", ", ".join(flagged) or "none")
+        th = q["thresholds"]
+        failed = not th["passed"]
+        table.add_row("thresholds", "verified" if th["passed"] else
+                      f"[red]NOT verified[/]: int8 precision {_pct(th['auto_precision_int8'])} < "
+                      f"{_pct(th['required_auto_precision'])}; rebuild with the INT8 backbone")
+        if q["evaluation"]["n_seen_in_training"]:
+            table.add_row("[yellow]note[/]", f"{q['evaluation']['n_seen_in_training']} of "
+                          f"{q['evaluation']['n_images']} comparison images were used to fit the bundle")
+    table.add_row("time", f"{result['seconds']:.1f} s")
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,68 @@
+"""``skuscale serve``: run the recognition service (uvicorn)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (read-only).")],
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: SQLite in --data-dir; postgresql+psycopg://...).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Image store and default database (default $SKUSCALE_DATA_DIR or ./skuscale-data)."),
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference manifest (path,sku) whose pack shots the review page shows.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve BUNDLE over HTTP: /v1 recognition, review queue, enrolment, webhooks, /metrics, /review.
+
+    Other settings (tokens, limits, webhooks) come from SKUSCALE_* environment variables; see docs/service.md.
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from skuscale.exceptions import SkuscaleError
+    from skuscale.serve.app import create_app
+    from skuscale.serve.settings import ServeSettings
+
+    # Settings travel through the environment so that every worker process sees the same ones.
+    os.environ["SKUSCALE_BUNDLE"] = str(bundle.resolve())
+    if db:
+        os.environ["SKUSCALE_DB_URL"] = db
+    if data_dir:
+        os.environ["SKUSCALE_DATA_DIR"] = str(data_dir.resolve())
+    if reference:
+        os.environ["SKUSCALE_REFERENCE_MANIFEST"] = str(reference.resolve())
+    try:
+        settings = ServeSettings()
+    except ValidationError as exc:
+        console.print(f"[bold red]error:[/] invalid settings: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not settings.tokens:
+        console.print("[yellow]warning:[/] no SKUSCALE_TOKENS configured: every /v1 call will answer 401")
+    if workers == 1:
+        try:
+            app = create_app(settings)
+        except (SkuscaleError, OSError) as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    else:
+        uvicorn.run(
+            "skuscale.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+        )

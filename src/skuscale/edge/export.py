@@ -1,0 +1,208 @@
+"""``skuscale export``: a bundle in, an edge bundle out (one-graph pipeline, optionally INT8).
+
+The output is a normal bundle (``Bundle.load`` verifies it) with ``pipeline.onnx``
+beside it: backbone, head, temperature, OOD score and routing in one graph. With
+``int8`` the backbone is statically quantised (QDQ) on real calibration images, the
+fp32-fitted thresholds are verified on INT8 embeddings and the per-SKU impact table
+is stored under ``quantization`` in ``bundle.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skuscale.bundle import Bundle
+from skuscale.data import Dataset, load_dataset
+from skuscale.exceptions import SkuscaleError
+
+PIPELINE_CHECK_IMAGES = 16
+#: Agreement the exported graph must reach with the Python stack on the check images.
+MIN_CHECK_AGREEMENT = 0.99
+MAX_CONFIDENCE_DIFF = 1e-4
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def spread_sample(ds: Dataset, per_sku: int) -> list[Path]:
+    """Up to ``per_sku`` images of every SKU, evenly spaced within each SKU's rows."""
+    out = []
+    for sku in ds.skus:
+        rows = np.flatnonzero(ds.labels == sku)
+        take = rows[np.linspace(0, rows.size - 1, min(per_sku, rows.size)).round().astype(int)]
+        out.extend(ds.paths[i] for i in sorted(set(take.tolist())))
+    return out
+
+
+def _recorded_manifest(bundle: Bundle, key: str) -> Path | None:
+    value = (bundle.metadata.get("training") or {}).get(key)
+    if value and Path(value).is_file():
+        return Path(value)
+    return None
+
+
+def check_pipeline(bundle: Bundle, pipeline_path: Path, backbone_path: Path, paths: Sequence[Path]) -> dict:
+    """Run the one-graph pipeline and the Python stack (same backbone file) on ``paths``; returns the agreement."""
+    from skuscale.data.images import load_image
+    from skuscale.data.preprocess import preprocess_batch
+    from skuscale.edge.pipeline import PipelineRunner, agreement, python_outputs
+    from skuscale.embed.onnx_embedder import OnnxEmbedder
+
+    batch = preprocess_batch([load_image(p) for p in paths], bundle.preprocessing)
+    graph_out = PipelineRunner(pipeline_path).run(batch)
+    X = OnnxEmbedder(backbone_path, bundle.preprocessing).embed_batch(batch)
+    return agreement(graph_out, python_outputs(bundle.model, X))
+
+
+def export_bundle(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    int8: bool = False,
+    calibration: str | os.PathLike | None = None,
+    evaluation: str | os.PathLike | None = None,
+    calibration_per_sku: int = 2,
+    exclude_nodes: Sequence[str] = (),
+    cache_dir: str | os.PathLike | None = None,
+    step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write an edge bundle to ``out``; returns the export report (also stored in ``bundle.json``).
+
+    Parameters
+    ----------
+    src : path
+        A bundle folder.
+    out : path
+        Output bundle folder; replaced atomically on success.
+    int8 : bool
+        Quantise the backbone (static, QDQ, per-channel INT8 weights).
+    calibration : path, optional
+        Manifest of calibration images; default: the bundle's training manifest.
+        ``calibration_per_sku`` images of every SKU are used.
+    evaluation : path, optional
+        Manifest on which fp32 and INT8 are compared per SKU; default: the bundle's
+        validation manifest, else the calibration manifest.
+    exclude_nodes : sequence of str
+        Backbone nodes kept in fp32.
+    cache_dir : path, optional
+        Embedding cache (default :func:`skuscale.build.default_cache_dir`).
+    step : callable, optional
+        Called with a message as each stage starts.
+
+    Raises
+    ------
+    SkuscaleError
+        When the bundle is invalid, a manifest is missing, or the exported graph
+        disagrees with the Python stack on the check images.
+    """
+    from skuscale.build import default_cache_dir
+    from skuscale.edge.pipeline import PIPELINE_FILE, SUPPORTED_DETECTORS, export_pipeline
+    from skuscale.embed.cache import EmbeddingCache
+
+    say = step or (lambda message: None)
+    started = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise SkuscaleError("--out must differ from the source bundle")
+    bundle = Bundle.load(src)
+    detector = type(bundle.model.detector).__name__
+    if detector not in SUPPORTED_DETECTORS:
+        raise SkuscaleError(
+            f"bundle {src} uses the {detector} OOD detector, which the one-graph export does not support "
+            f"(supported: {', '.join(sorted(SUPPORTED_DETECTORS.values()))})"
+        )
+    if bundle.backbone.get("precision", "fp32") != "fp32" and int8:
+        raise SkuscaleError(f"bundle {src} is already quantised ({bundle.backbone['precision']})")
+    cal_manifest = Path(calibration) if calibration else _recorded_manifest(bundle, "train")
+    if int8 and cal_manifest is None:
+        raise SkuscaleError("no calibration images: pass --calibration MANIFEST (the bundle's training manifest "
+                            "is not readable from here)")
+    eval_manifest = Path(evaluation) if evaluation else (_recorded_manifest(bundle, "val") or cal_manifest)
+
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    backbone = dict(bundle.backbone)
+    metadata = dict(bundle.metadata)
+    report: dict[str, Any] = {"source": str(src), "int8": bool(int8)}
+    try:
+        fp32_backbone = src / bundle.backbone["onnx"]
+        edge_backbone = staging / bundle.backbone["onnx"]
+        eval_ds = load_dataset(eval_manifest) if eval_manifest else None
+        if int8:
+            from skuscale.edge.quantize import int8_impact, quantize_backbone, verify_thresholds
+            from skuscale.embed.onnx_embedder import OnnxEmbedder
+            from skuscale.embed.pipeline import embed_paths
+
+            cal_ds = load_dataset(cal_manifest)
+            cal_paths = spread_sample(cal_ds, calibration_per_sku)
+            say(f"quantising the backbone on {len(cal_paths)} calibration images")
+            quantize_backbone(fp32_backbone, edge_backbone, cal_paths, bundle.preprocessing,
+                              exclude_nodes=exclude_nodes)
+            say(f"comparing fp32 and INT8 on {len(eval_ds)} images of {eval_manifest}")
+            cache = EmbeddingCache(cache_dir or default_cache_dir())
+            X32 = embed_paths(eval_ds.paths, OnnxEmbedder(fp32_backbone, bundle.preprocessing), cache=cache)
+            X8 = embed_paths(eval_ds.paths, OnnxEmbedder(edge_backbone, bundle.preprocessing), cache=cache)
+            impact = int8_impact(bundle.model, X32, X8, eval_ds.labels,
+                                 train_counts=(bundle.metadata.get("training") or {}).get("train_counts"))
+            target = float((bundle.metadata.get("targets") or {}).get("auto_precision", 0.99))
+            seen = int(bundle.seen_in_training([p.read_bytes() for p in eval_ds.paths]).sum())
+            metadata["quantization"] = {
+                "method": "onnxruntime quantize_static, QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax",
+                "calibration": {"manifest": str(cal_manifest), "n_images": len(cal_paths),
+                                "per_sku": calibration_per_sku},
+                "excluded_nodes": list(exclude_nodes),
+                "evaluation": {"manifest": str(eval_manifest), "n_images": len(eval_ds),
+                               "n_seen_in_training": seen},
+                "fp32_backbone_sha256": _sha256(fp32_backbone),
+                "thresholds": verify_thresholds(impact, target),
+                "impact": impact,
+            }
+            backbone["precision"] = "int8"
+            report["quantization"] = metadata["quantization"]
+        say("exporting the one-graph pipeline")
+        pipeline_path = export_pipeline(bundle, staging / PIPELINE_FILE, backbone_path=edge_backbone)
+        if eval_ds is not None:
+            check_paths = eval_ds.paths[:: max(1, len(eval_ds) // PIPELINE_CHECK_IMAGES)][:PIPELINE_CHECK_IMAGES]
+            say(f"checking the pipeline against Python on {len(check_paths)} images")
+            check = check_pipeline(bundle, pipeline_path, edge_backbone, check_paths)
+            if (check["band_agreement"] < MIN_CHECK_AGREEMENT or check["sku_agreement"] < MIN_CHECK_AGREEMENT
+                    or check["max_confidence_diff"] > MAX_CONFIDENCE_DIFF):
+                raise SkuscaleError(f"the exported pipeline disagrees with the Python stack: {check}")
+        else:
+            check = None
+        metadata["edge"] = {
+            "pipeline": PIPELINE_FILE,
+            "pipeline_sha256": _sha256(pipeline_path),
+            "pipeline_bytes": pipeline_path.stat().st_size,
+            "pipeline_check": check,
+            "source_bundle_manifest_sha256": json.loads((src / "bundle.json").read_text()).get("manifest_sha256"),
+        }
+        report["pipeline_check"] = check
+        edge = Bundle(model=bundle.model, preprocessing=bundle.preprocessing, backbone=backbone, metadata=metadata,
+                      training_digests=bundle.training_digests)
+        edge.save(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    report["out"] = str(out)
+    report["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    report["seconds"] = time.perf_counter() - started
+    return report

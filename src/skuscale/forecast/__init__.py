@@ -1,0 +1,1 @@
+"""Forecast recognition accuracy against catalogue size from the training data alone."""

@@ -1,0 +1,127 @@
+"""Prometheus metrics of the recognition service, on the app's own ``CollectorRegistry``.
+
+Label values are only ever catalogue SKUs, bands, outcomes and route templates: free
+text from requests never becomes a label (that would let a client blow up the
+number of series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from skuscale.monitor.accuracy import RollingAccuracy
+
+BANDS = ("accept", "verify", "unknown")
+OUTCOMES = ("correct", "incorrect")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+def ood_buckets(threshold: float) -> tuple[float, ...]:
+    """Histogram buckets around the OOD threshold (detectors' score scales differ by orders of magnitude)."""
+    scale = abs(threshold) if threshold != 0 else 1.0
+    steps = (-1.0, -0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+    return tuple(sorted({round(threshold + k * scale, 9) for k in steps}))
+
+
+class _QueueAndAccuracy(Collector):
+    def __init__(self, queue_depth: Callable[[], dict[str, int]], accuracy: RollingAccuracy):
+        self.queue_depth = queue_depth
+        self.accuracy = accuracy
+
+    def collect(self):
+        depth = GaugeMetricFamily(
+            "skuscale_review_queue_depth", "Pending review items per band.", labels=["band"]
+        )
+        try:
+            counts = self.queue_depth()
+        except Exception:  # a scrape must not fail because the database is briefly away
+            counts = {}
+        for band in ("verify", "unknown"):
+            depth.add_metric([band], float(counts.get(band, 0)))
+        yield depth
+        acc = GaugeMetricFamily(
+            "skuscale_sku_accuracy",
+            "Share of correct predictions per predicted SKU over its rolling window of labelled events.",
+            labels=["sku"],
+        )
+        n = GaugeMetricFamily(
+            "skuscale_sku_accuracy_samples", "Labelled events in each SKU's accuracy window.", labels=["sku"]
+        )
+        for sku, (value, count) in sorted(self.accuracy.values().items()):
+            acc.add_metric([sku], value)
+            n.add_metric([sku], float(count))
+        yield acc
+        yield n
+
+
+class ServiceMetrics:
+    """All service metrics, registered on ``registry``.
+
+    Parameters
+    ----------
+    registry : CollectorRegistry
+    ood_threshold : float
+        The bundle's OOD threshold (sets the OOD histogram's buckets).
+    bundle_info : dict
+        Labels of ``skuscale_bundle_info``.
+    queue_depth : callable
+        Returns pending review items per band; called at scrape time.
+    accuracy : RollingAccuracy
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        ood_threshold: float,
+        bundle_info: dict[str, str],
+        queue_depth: Callable[[], dict[str, int]],
+        accuracy: RollingAccuracy,
+    ):
+        self.registry = registry
+        self.accuracy = accuracy
+        self.recognitions = Counter(
+            "skuscale_recognitions", "Recognised images per predicted SKU and band.", ["sku", "band"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "skuscale_feedback",
+            "Labelled events (downstream feedback and review resolutions) per predicted SKU and outcome.",
+            ["sku", "outcome"],
+            registry=registry,
+        )
+        self.resolutions = Counter(
+            "skuscale_resolutions", "Review resolutions per decision.", ["decision"], registry=registry
+        )
+        self.enrolments = Counter("skuscale_enrolments", "SKU enrolments accepted.", registry=registry)
+        self.ood_score = Histogram(
+            "skuscale_ood_score", "OOD score of recognised images (higher = more unknown).", ["band"],
+            buckets=ood_buckets(ood_threshold), registry=registry,
+        )
+        self.latency = Histogram(
+            "skuscale_request_duration_seconds", "HTTP request latency per route template.",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "skuscale_webhook_deliveries", "Webhook delivery attempts per result.", ["result"], registry=registry
+        )
+        self.ood_threshold = Gauge("skuscale_ood_threshold", "The bundle's OOD threshold.", registry=registry)
+        self.ood_threshold.set(ood_threshold)
+        self.bundle = Info("skuscale_bundle", "The loaded bundle.", registry=registry)
+        self.bundle.info(bundle_info)
+        self.catalogue_size = Gauge(
+            "skuscale_catalogue_skus", "SKUs in the catalogue.", ["source"], registry=registry
+        )
+        registry.register(_QueueAndAccuracy(queue_depth, accuracy))
+
+    def record_recognition(self, sku: str, band: str, ood_score: float) -> None:
+        self.recognitions.labels(sku=sku, band=band).inc()
+        self.ood_score.labels(band=band).observe(ood_score)
+
+    def record_outcome(self, sku: str, correct: bool) -> None:
+        self.feedback.labels(sku=sku, outcome=OUTCOMES[0] if correct else OUTCOMES[1]).inc()
+        self.accuracy.add(sku, correct)

@@ -1,0 +1,502 @@
+"""The recognition service: ``create_app(settings)`` builds the FastAPI application.
+
+Bands over HTTP, a review queue with a server-rendered review page, feedback,
+enrolment of new SKUs without retraining, Prometheus metrics, bearer-token roles and
+signed webhooks from a database outbox. See ``docs/service.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field, HttpUrl, model_validator
+from sqlalchemy import text
+
+from skuscale import __version__
+from skuscale.exceptions import ImageError, ImageTooLargeError
+from skuscale.monitor.accuracy import RollingAccuracy
+from skuscale.monitor.metrics import ServiceMetrics
+from skuscale.serve import repository as repo
+from skuscale.serve.auth import COOKIE, identify, require
+from skuscale.serve.db import make_engine, make_sessionmaker, migrate
+from skuscale.serve.images import ImageStore
+from skuscale.serve.recognizer import Recognizer
+from skuscale.serve.settings import ServeSettings
+from skuscale.serve.webhooks import OutboxWorker
+
+SKU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,'&()+/-]{0,126}$")
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+MULTIPART_SLACK = 64 * 1024
+
+device = require("device")
+reviewer = require("reviewer")
+
+
+# ------------------------------------------------------------------------- request bodies
+class ResolveBody(BaseModel):
+    decision: Literal["sku", "new_product", "not_a_product"]
+    sku: str | None = Field(default=None, max_length=128, description="Catalogue SKU (decision 'sku').")
+    proposed_sku: str | None = Field(default=None, max_length=128, description="New SKU name ('new_product').")
+
+    @model_validator(mode="after")
+    def _fields_match_decision(self):
+        if self.decision == "sku" and not self.sku:
+            raise ValueError("decision 'sku' needs 'sku'")
+        if self.decision == "new_product" and not self.proposed_sku:
+            raise ValueError("decision 'new_product' needs 'proposed_sku'")
+        return self
+
+
+class FeedbackBody(BaseModel):
+    event_id: str = Field(max_length=32)
+    sku: str | None = Field(default=None, max_length=200, description="The true SKU.")
+    not_a_product: bool = False
+    source: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_truth(self):
+        if (self.sku is None) == (not self.not_a_product):
+            raise ValueError("give exactly one of 'sku' or 'not_a_product': true")
+        return self
+
+
+class WebhookBody(BaseModel):
+    url: HttpUrl
+    secret: str | None = Field(default=None, min_length=16, max_length=128)
+
+
+# ------------------------------------------------------------------------- helpers
+def _read_upload(upload: UploadFile, max_bytes: int, index: int | None = None) -> bytes:
+    data = upload.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        where = "image" if index is None else f"image {index}"
+        raise HTTPException(413, f"{where} ({upload.filename!r}) is over the limit of {max_bytes} bytes")
+    return data
+
+
+def _require_multipart(request: Request) -> None:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise HTTPException(415, f"send the image(s) as multipart/form-data, not {ctype or 'no content type'!r}")
+
+
+def _reference_images(manifest: Path | None) -> dict[str, Path]:
+    if manifest is None:
+        return {}
+    out: dict[str, Path] = {}
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = manifest.parent / path
+            out.setdefault(row["sku"], path)
+    return out
+
+
+def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+    """Build the service.
+
+    Parameters
+    ----------
+    settings : ServeSettings
+    registry : CollectorRegistry, optional
+        Prometheus registry for the app's metrics (a new one by default, so several
+        apps can live in one process, e.g. in tests).
+
+    Returns
+    -------
+    FastAPI
+        The bundle is loaded, the database migrated and earlier enrolments re-applied
+        before this returns; the webhook worker starts with the app's lifespan.
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    recognizer = Recognizer(settings.bundle, threads=settings.onnx_threads, enrol_threshold=settings.enrol_threshold)
+    engine = make_engine(settings.database_url, schema=settings.db_schema)
+    migrate(engine, schema=settings.db_schema)
+    Session = make_sessionmaker(engine)
+    store = ImageStore(settings.data_dir / "images")
+    references = _reference_images(settings.reference_manifest)
+    enrol_lock = threading.Lock()
+
+    def sync_enrolments() -> None:
+        """Apply enrolments committed by this or another worker process since the last look."""
+        with Session() as session:
+            if repo.latest_enrolment_id(session) <= recognizer.applied_enrolment_id:
+                return
+            with enrol_lock:
+                for eid, sku, category, X in repo.enrolments_after(session, recognizer.applied_enrolment_id):
+                    recognizer.enrol(sku, X, category, enrolment_id=eid)
+
+    sync_enrolments()
+
+    def queue_depth() -> dict[str, int]:
+        with Session() as session:
+            return repo.queue_depth(session)
+
+    accuracy = RollingAccuracy(settings.accuracy_window)
+    with Session() as session:
+        catalogue = set(recognizer.skus)
+        for sku, ok in repo.labelled_outcomes(session):
+            if sku in catalogue:
+                accuracy.add(sku, ok)
+    metrics = ServiceMetrics(
+        registry,
+        ood_threshold=recognizer.model.router.ood_threshold,
+        bundle_info=recognizer.info(),
+        queue_depth=queue_depth,
+        accuracy=accuracy,
+    )
+
+    def update_catalogue_gauge() -> None:
+        metrics.catalogue_size.labels(source="bundle").set(len(recognizer.bundle_skus))
+        metrics.catalogue_size.labels(source="enrolled").set(len(recognizer.enrolled))
+
+    update_catalogue_gauge()
+    worker = OutboxWorker(Session, settings, on_result=lambda r: metrics.webhook_deliveries.labels(result=r).inc())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.webhook_workers:
+            worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="skuscale recognition service",
+        version=__version__,
+        description="SKU recognition with confidence bands, a review queue and enrolment without retraining.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.recognizer = recognizer
+    app.state.sessionmaker = Session
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.store = store
+    app.state.worker = worker
+
+    @app.middleware("http")
+    async def observe_latency(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.latency.labels(method=request.method, route=template, status=str(status)).observe(
+                time.perf_counter() - start
+            )
+
+    # --------------------------------------------------------------------- recognition
+    def _recognize(blobs: list[bytes]) -> list[dict]:
+        images = []
+        for i, data in enumerate(blobs):
+            where = f"image {i}: " if len(blobs) > 1 else ""
+            if len(data) > settings.max_image_bytes:
+                raise HTTPException(413, f"{where}over the limit of {settings.max_image_bytes} bytes")
+            try:
+                images.append(
+                    recognizer.decode(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+                )
+            except ImageTooLargeError as exc:
+                raise HTTPException(422, f"{where}{exc}") from None
+            except ImageError as exc:
+                raise HTTPException(422, f"{where}not a usable image: {exc}") from None
+        sync_enrolments()
+        recs = recognizer.recognize(recognizer.embed(images))
+        shas = [store.put(data) if rec.band != "accept" else None for rec, data in zip(recs, blobs, strict=True)]
+        with Session() as session:
+            for sha, data in zip(shas, blobs, strict=True):
+                if sha is not None:
+                    repo.ensure_image(session, sha, store.relative_path(sha), len(data))
+            events = [repo.add_event(session, rec, sha) for rec, sha in zip(recs, shas, strict=True)]
+            session.commit()
+            out = [repo.event_dict(ev) for ev in events]
+        for rec in recs:
+            metrics.record_recognition(rec.sku, rec.band, rec.ood_score)
+        if any(rec.band == "accept" for rec in recs):
+            worker.wake()
+        return out
+
+    @app.post("/v1/recognize", tags=["recognition"], dependencies=[Depends(device), Depends(_require_multipart)])
+    def recognize(file: Annotated[UploadFile, File(description="One image.")]) -> dict:
+        """Recognise one image: event id, band, SKU, confidence, OOD score and the top-5 candidates."""
+        return _recognize([_read_upload(file, settings.max_image_bytes)])[0]
+
+    @app.post(
+        "/v1/recognize/batch", tags=["recognition"], dependencies=[Depends(device), Depends(_require_multipart)]
+    )
+    def recognize_batch(files: Annotated[list[UploadFile], File(description="Images.")]) -> dict:
+        """Recognise several images at once (all or nothing: one bad image rejects the batch)."""
+        if len(files) > settings.max_batch:
+            raise HTTPException(413, f"at most {settings.max_batch} images per batch, got {len(files)}")
+        return {"events": _recognize([_read_upload(f, settings.max_image_bytes, i) for i, f in enumerate(files)])}
+
+    @app.get("/v1/events/{event_id}", tags=["recognition"], dependencies=[Depends(device)])
+    def get_event(event_id: str) -> dict:
+        """One event; ``status`` is ``final`` or ``pending``. Act only on final events."""
+        with Session() as session:
+            try:
+                return repo.event_dict(repo.get_event(session, event_id))
+            except repo.NotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
+
+    @app.get("/v1/events/{event_id}/image", tags=["review"], dependencies=[Depends(reviewer)])
+    def event_image(event_id: str):
+        with Session() as session:
+            ev = session.get(repo.Event, event_id)
+            if ev is None or ev.image_sha256 is None:
+                raise HTTPException(404, "no stored image for this event")
+            return FileResponse(store.path(ev.image_sha256), media_type="application/octet-stream")
+
+    # --------------------------------------------------------------------- review
+    @app.get("/v1/review", tags=["review"], dependencies=[Depends(reviewer)])
+    def review_queue(
+        band: Literal["verify", "unknown"] | None = None,
+        sku: str | None = None,
+        category: str | None = None,
+        status: Literal["pending", "final", "all"] = "pending",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        """Review items (``verify`` and ``unknown`` events), oldest first."""
+        with Session() as session:
+            items, total = repo.list_review(
+                session, band=band, sku=sku, category=category, status=status, limit=limit, offset=offset
+            )
+            return {"total": total, "limit": limit, "offset": offset, "items": [repo.event_dict(e) for e in items]}
+
+    @app.post("/v1/review/{event_id}/resolve", tags=["review"])
+    def resolve(event_id: str, body: ResolveBody, who: Annotated[str, Depends(reviewer)]) -> dict:
+        """Record a reviewer's answer. 422: SKU not in the catalogue; 409: already final."""
+        catalogue = set(recognizer.skus)
+        final_sku, proposed = None, None
+        if body.decision == "sku":
+            if body.sku not in catalogue:
+                raise HTTPException(422, f"{body.sku!r} is not in the catalogue")
+            final_sku = body.sku
+        elif body.decision == "new_product":
+            name = body.proposed_sku.strip()
+            if not SKU_NAME.match(name):
+                raise HTTPException(422, "proposed_sku: letters, digits and ' _.,&()+/-' only, up to 127 characters")
+            if name in catalogue:
+                raise HTTPException(422, f"{name!r} is in the catalogue already: resolve with decision 'sku'")
+            proposed = name
+        with Session() as session:
+            try:
+                ev = repo.resolve(
+                    session, event_id, resolution=body.decision, final_sku=final_sku, proposed_sku=proposed, by=who
+                )
+            except repo.NotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
+            except repo.ConflictError as exc:
+                raise HTTPException(409, str(exc)) from None
+            session.commit()
+            out = repo.event_dict(ev)
+        metrics.resolutions.labels(decision=body.decision).inc()
+        metrics.record_outcome(out["sku"], final_sku == out["sku"])
+        worker.wake()
+        return out
+
+    @app.post("/v1/feedback", tags=["review"])
+    def feedback(body: FeedbackBody, who: Annotated[str, Depends(reviewer)]) -> dict:
+        """Ground truth from downstream for any event (e.g. a cashier's correction)."""
+        with Session() as session:
+            try:
+                ev = repo.get_event(session, body.event_id)
+            except repo.NotFoundError as exc:
+                raise HTTPException(404, str(exc)) from None
+            fb, correct = repo.add_feedback(
+                session, ev, truth_sku=body.sku, not_a_product=body.not_a_product, source=body.source or who
+            )
+            session.commit()
+            sku = ev.sku
+        metrics.record_outcome(sku, correct)
+        return {"event_id": body.event_id, "feedback_id": fb.id, "outcome": "correct" if correct else "incorrect"}
+
+    # --------------------------------------------------------------------- catalogue
+    @app.get("/v1/catalogue", tags=["catalogue"], dependencies=[Depends(device)])
+    def catalogue() -> dict:
+        """Every SKU, with its category and whether it was enrolled through the service."""
+        sync_enrolments()
+        skus = recognizer.skus
+        return {
+            "n_skus": len(skus),
+            "skus": [
+                {"sku": s, "category": recognizer.category_of(s), "enrolled": s in recognizer.enrolled} for s in skus
+            ],
+        }
+
+    @app.get("/v1/catalogue/{sku}/image", tags=["catalogue"], dependencies=[Depends(reviewer)])
+    def reference_image(sku: str):
+        """A reference image of a SKU: its pack shot, or the first image it was enrolled from."""
+        if sku in references and references[sku].is_file():
+            return FileResponse(references[sku])
+        with Session() as session:
+            sha = repo.enrolment_image(session, sku)
+        if sha is None:
+            raise HTTPException(404, f"no reference image for {sku!r}")
+        return FileResponse(store.path(sha), media_type="application/octet-stream")
+
+    @app.post("/v1/catalogue/enrol", tags=["catalogue"], dependencies=[Depends(reviewer), Depends(_require_multipart)])
+    def enrol(
+        sku: Annotated[str, Form(max_length=128)],
+        category: Annotated[str | None, Form(max_length=128)] = None,
+        files: Annotated[list[UploadFile] | None, File(description="Reference pack shots.")] = None,
+        event_ids: Annotated[list[str] | None, Form(description="Resolved new_product review items.")] = None,
+    ) -> dict:
+        """Add a SKU from one or more images, without retraining; the next request can return it."""
+        sku = sku.strip()
+        if not SKU_NAME.match(sku):
+            raise HTTPException(422, "sku: letters, digits and ' _.,&()+/-' only, up to 127 characters")
+        if category is not None and category.strip() and not SKU_NAME.match(category.strip()):
+            raise HTTPException(422, "category: letters, digits and ' _.,&()+/-' only")
+        category = category.strip() if category and category.strip() else None
+        if sku in recognizer.bundle_skus:
+            raise HTTPException(409, f"{sku!r} is in the bundle's catalogue already")
+        files = files or []
+        event_ids = event_ids or []
+        if len(files) + len(event_ids) > settings.max_enrol_images:
+            raise HTTPException(413, f"at most {settings.max_enrol_images} images per enrolment")
+        blobs = [_read_upload(f, settings.max_image_bytes) for f in files]
+        with Session() as session:
+            for eid in event_ids:
+                ev = session.get(repo.Event, eid)
+                if ev is None:
+                    raise HTTPException(422, f"no event {eid!r}")
+                if ev.resolution != "new_product" or ev.proposed_sku != sku:
+                    raise HTTPException(422, f"event {eid} is not a resolved new_product item proposed as {sku!r}")
+                if ev.image_sha256 is None:
+                    raise HTTPException(422, f"event {eid} has no stored image")
+                blobs.append(store.get(ev.image_sha256))
+        if not blobs:
+            raise HTTPException(422, "enrolment needs at least one image (files or event_ids)")
+        images = []
+        for i, data in enumerate(blobs):
+            try:
+                images.append(
+                    recognizer.decode(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+                )
+            except ImageError as exc:
+                raise HTTPException(422, f"image {i}: not a usable image: {exc}") from None
+        X = recognizer.embed(images)
+        shas = [store.put(data) for data in blobs]
+        with enrol_lock, Session() as session:
+            for sha, data in zip(shas, blobs, strict=True):
+                repo.ensure_image(session, sha, store.relative_path(sha), len(data))
+            row = repo.add_enrolment(session, sku, category, X, shas)
+            session.commit()
+            enrolment_id = row.id
+        sync_enrolments()
+        metrics.enrolments.inc()
+        update_catalogue_gauge()
+        return {
+            "sku": sku,
+            "category": recognizer.category_of(sku),
+            "enrolment_id": enrolment_id,
+            "n_images": len(blobs),
+            "threshold": float(recognizer.model.router.sku_thresholds.threshold_for(sku)),
+            "n_skus": len(recognizer.skus),
+        }
+
+    # --------------------------------------------------------------------- webhooks
+    @app.post("/v1/webhooks", tags=["webhooks"], dependencies=[Depends(reviewer)], status_code=201)
+    def add_webhook(body: WebhookBody) -> dict:
+        """Register a receiver of ``event.finalized`` messages; the answer holds its signing secret."""
+        with Session() as session:
+            hook = repo.add_webhook(session, str(body.url), body.secret)
+            session.commit()
+            return {"id": hook.id, "url": hook.url, "secret": hook.secret}
+
+    @app.get("/v1/webhooks", tags=["webhooks"], dependencies=[Depends(reviewer)])
+    def list_webhooks() -> dict:
+        with Session() as session:
+            hooks = session.query(repo.Webhook).order_by(repo.Webhook.created_at).all()
+            return {"webhooks": [{"id": h.id, "url": h.url, "active": h.active} for h in hooks]}
+
+    @app.delete("/v1/webhooks/{hook_id}", tags=["webhooks"], dependencies=[Depends(reviewer)])
+    def delete_webhook(hook_id: str) -> dict:
+        with Session() as session:
+            hook = session.get(repo.Webhook, hook_id)
+            if hook is None:
+                raise HTTPException(404, f"no webhook {hook_id!r}")
+            hook.active = False
+            session.commit()
+        return {"id": hook_id, "active": False}
+
+    # --------------------------------------------------------------------- operations
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz():
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any database failure means not ready
+            return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, 503)
+        return {"status": "ready", "skus": len(recognizer.skus), "bundle": recognizer.info()["version"]}
+
+    @app.get("/metrics", tags=["operations"])
+    def prometheus_metrics() -> Response:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --------------------------------------------------------------------- review page
+    @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
+    def review_page(
+        request: Request,
+        band: Literal["verify", "unknown"] | None = None,
+        sku: str | None = None,
+        category: str | None = None,
+    ):
+        who = identify(request.cookies.get(COOKIE), settings.tokens)
+        if who is None or who[0] != "reviewer":
+            return TEMPLATES.TemplateResponse(request, "login.html", {"error": None})
+        with Session() as session:
+            items, total = repo.list_review(session, band=band, sku=sku, category=category, limit=25)
+            rows = [repo.event_dict(e) for e in items]
+        return TEMPLATES.TemplateResponse(
+            request,
+            "review.html",
+            {"items": rows, "total": total, "skus": recognizer.skus, "band": band, "sku": sku, "category": category},
+        )
+
+    @app.post("/review/login", include_in_schema=False)
+    def review_login(request: Request, token: Annotated[str, Form()]):
+        who = identify(token, settings.tokens)
+        if who is None or who[0] != "reviewer":
+            return TEMPLATES.TemplateResponse(
+                request, "login.html", {"error": "That is not a reviewer token."}, status_code=401
+            )
+        response = RedirectResponse("/review", status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        return response
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` (several workers): settings from ``SKUSCALE_*``."""
+    return create_app(ServeSettings())
+
+
+__all__ = ["ServeSettings", "app_from_env", "create_app"]

@@ -1,0 +1,390 @@
+"""Database operations of the service: events, the review queue, feedback, enrolments, the webhook outbox.
+
+Every function takes a :class:`~sqlalchemy.orm.Session` and leaves committing to the
+caller, so one HTTP request is one transaction: an answered resolution, its outbox
+messages and nothing else are committed together.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from skuscale.serve.db import Enrolment, Event, Feedback, OutboxMessage, StoredImage, Webhook, utcnow
+
+REVIEW_BANDS = ("verify", "unknown")
+FINALIZED = "event.finalized"
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class ConflictError(RuntimeError):
+    pass
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    return {
+        "event_id": ev.id,
+        "status": ev.status,
+        "band": ev.band,
+        "sku": ev.sku,
+        "confidence": ev.confidence,
+        "ood_score": ev.ood_score,
+        "candidates": ev.candidates,
+        "category": ev.category,
+        "category_confidence": ev.category_confidence,
+        "created_at": ev.created_at.isoformat() + "Z",
+        "final_sku": ev.final_sku,
+        "resolution": ev.resolution,
+        "proposed_sku": ev.proposed_sku,
+        "resolved_at": None if ev.resolved_at is None else ev.resolved_at.isoformat() + "Z",
+        "has_image": ev.image_sha256 is not None,
+    }
+
+
+# ------------------------------------------------------------------------- images
+def ensure_image(session: Session, sha256: str, path: str, size: int) -> None:
+    """Insert the image reference unless it is there already (concurrent inserts are fine)."""
+    stmt_cls = _dialect_insert(session)
+    stmt = stmt_cls(StoredImage).values(sha256=sha256, path=path, size=size, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+
+
+def _dialect_insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+# ------------------------------------------------------------------------- events
+def add_event(session: Session, rec, image_sha256: str | None) -> Event:
+    """Store one recognition; ``accept`` is final at once, anything else is pending review."""
+    final = rec.band == "accept"
+    now = utcnow()
+    ev = Event(
+        id=new_id(),
+        created_at=now,
+        band=rec.band,
+        sku=rec.sku,
+        confidence=rec.confidence,
+        ood_score=rec.ood_score,
+        category=rec.category,
+        category_confidence=rec.category_confidence,
+        candidates=rec.candidates,
+        image_sha256=image_sha256,
+        status="final" if final else "pending",
+        final_sku=rec.sku if final else None,
+        resolution="accepted" if final else None,
+        resolved_at=now if final else None,
+    )
+    session.add(ev)
+    if final:
+        session.flush()
+        enqueue_finalized(session, ev)
+    return ev
+
+
+def get_event(session: Session, event_id: str) -> Event:
+    ev = session.get(Event, event_id)
+    if ev is None:
+        raise NotFoundError(f"no event {event_id!r}")
+    return ev
+
+
+def list_review(
+    session: Session,
+    *,
+    band: str | None = None,
+    sku: str | None = None,
+    category: str | None = None,
+    status: str = "pending",
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Event], int]:
+    """Review items (verify/unknown events), oldest first, with the total matching count."""
+    conds = [Event.band.in_(REVIEW_BANDS)]
+    if band:
+        conds.append(Event.band == band)
+    if sku:
+        conds.append(Event.sku == sku)
+    if category:
+        conds.append(Event.category == category)
+    if status != "all":
+        conds.append(Event.status == status)
+    where = and_(*conds)
+    total = session.execute(select(func.count()).select_from(Event).where(where)).scalar_one()
+    rows = session.execute(
+        select(Event).where(where).order_by(Event.created_at, Event.id).limit(limit).offset(offset)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def queue_depth(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Event.band, func.count()).where(Event.status == "pending").group_by(Event.band)
+    ).all()
+    return {band: int(n) for band, n in rows}
+
+
+def resolve(
+    session: Session,
+    event_id: str,
+    *,
+    resolution: str,
+    final_sku: str | None,
+    proposed_sku: str | None,
+    by: str,
+) -> Event:
+    """Finalise a pending review item. Exactly one of several concurrent callers wins.
+
+    The conditional ``UPDATE ... WHERE status = 'pending'`` is the arbiter: the database
+    serialises the writers and every loser sees zero rows changed.
+
+    Raises
+    ------
+    NotFoundError
+        No such event.
+    ConflictError
+        The event is final already (accepted, or resolved by someone else).
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Event)
+        .where(Event.id == event_id, Event.status == "pending")
+        .values(
+            status="final",
+            final_sku=final_sku,
+            resolution=resolution,
+            proposed_sku=proposed_sku,
+            resolved_at=now,
+            resolved_by=by,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        ev = session.get(Event, event_id)
+        if ev is None:
+            raise NotFoundError(f"no event {event_id!r}")
+        raise ConflictError(f"event {event_id} is final already ({ev.resolution})")
+    ev = session.execute(
+        select(Event).where(Event.id == event_id).execution_options(populate_existing=True)
+    ).scalar_one()
+    enqueue_finalized(session, ev)
+    return ev
+
+
+def add_feedback(
+    session: Session, ev: Event, *, truth_sku: str | None, not_a_product: bool, source: str | None
+) -> tuple[Feedback, bool]:
+    """Record downstream ground truth for ``ev``; returns the row and whether the prediction was right."""
+    correct = (not not_a_product) and truth_sku == ev.sku
+    fb = Feedback(
+        event_id=ev.id,
+        truth_sku=truth_sku,
+        not_a_product=not_a_product,
+        outcome="correct" if correct else "incorrect",
+        source=source,
+        created_at=utcnow(),
+    )
+    session.add(fb)
+    return fb, correct
+
+
+def labelled_outcomes(session: Session, limit: int = 100_000) -> list[tuple[str, bool]]:
+    """(predicted SKU, correct) of resolutions and feedback, oldest first, to seed the rolling accuracy."""
+    resolved = session.execute(
+        select(Event.resolved_at, Event.sku, Event.final_sku, Event.resolution)
+        .where(Event.resolution.in_(("sku", "new_product", "not_a_product")))
+        .order_by(Event.resolved_at.desc())
+        .limit(limit)
+    ).all()
+    feedback = session.execute(
+        select(Feedback.created_at, Event.sku, Feedback.outcome)
+        .join(Event, Event.id == Feedback.event_id)
+        .order_by(Feedback.created_at.desc())
+        .limit(limit)
+    ).all()
+    rows = [(t, sku, res == "sku" and final == sku) for t, sku, final, res in resolved]
+    rows += [(t, sku, outcome == "correct") for t, sku, outcome in feedback]
+    rows.sort(key=lambda r: r[0])
+    return [(sku, ok) for _, sku, ok in rows]
+
+
+# ------------------------------------------------------------------------- enrolments
+def add_enrolment(
+    session: Session, sku: str, category: str | None, X: np.ndarray, image_sha256s: list[str]
+) -> Enrolment:
+    X = np.ascontiguousarray(X, dtype="<f4")
+    row = Enrolment(
+        sku=sku,
+        category=category,
+        dim=int(X.shape[1]),
+        n_images=int(X.shape[0]),
+        embeddings=X.tobytes(),
+        image_sha256s=list(image_sha256s),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def enrolments_after(session: Session, after_id: int) -> list[tuple[int, str, str | None, np.ndarray]]:
+    rows = session.execute(select(Enrolment).where(Enrolment.id > after_id).order_by(Enrolment.id)).scalars()
+    return [
+        (r.id, r.sku, r.category, np.frombuffer(r.embeddings, dtype="<f4").reshape(r.n_images, r.dim).copy())
+        for r in rows
+    ]
+
+
+def latest_enrolment_id(session: Session) -> int:
+    return int(session.execute(select(func.coalesce(func.max(Enrolment.id), 0))).scalar_one())
+
+
+def enrolment_image(session: Session, sku: str) -> str | None:
+    row = session.execute(
+        select(Enrolment.image_sha256s).where(Enrolment.sku == sku).order_by(Enrolment.id).limit(1)
+    ).scalar_one_or_none()
+    return row[0] if row else None
+
+
+# ------------------------------------------------------------------------- webhooks
+def add_webhook(session: Session, url: str, secret: str | None) -> Webhook:
+    hook = Webhook(id=new_id(), url=url, secret=secret or secrets.token_hex(32), active=True, created_at=utcnow())
+    session.add(hook)
+    return hook
+
+
+def enqueue_finalized(session: Session, ev: Event) -> int:
+    """One outbox message per active webhook for a finalised event (same transaction as the change)."""
+    hooks = session.execute(select(Webhook.id).where(Webhook.active.is_(True))).scalars().all()
+    if not hooks:
+        return 0
+    key = f"{ev.id}.finalized"
+    body = json.dumps(
+        {
+            "type": FINALIZED,
+            "idempotency_key": key,
+            "event_id": ev.id,
+            "status": "final",
+            "sku": ev.final_sku,
+            "resolution": ev.resolution,
+            "proposed_sku": ev.proposed_sku,
+            "band": ev.band,
+            "predicted_sku": ev.sku,
+            "finalized_at": (ev.resolved_at or utcnow()).isoformat() + "Z",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    now = utcnow()
+    session.execute(
+        insert(OutboxMessage),
+        [
+            {
+                "webhook_id": hook,
+                "event_id": ev.id,
+                "kind": FINALIZED,
+                "idempotency_key": f"{hook}:{key}",
+                "body": body,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for hook in hooks
+        ],
+    )
+    return len(hooks)
+
+
+@dataclass
+class Delivery:
+    id: int
+    url: str
+    secret: str
+    body: str
+    idempotency_key: str
+    attempts: int
+
+
+def claim_deliveries(session: Session, *, lease_s: float, limit: int = 20) -> list[Delivery]:
+    """Claim due outbox messages for ``lease_s`` seconds (safe with several worker processes)."""
+    now = utcnow()
+    due = session.execute(
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.status == "pending",
+            OutboxMessage.next_attempt_at <= now,
+            or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until < now),
+        )
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+    ).scalars().all()
+    claimed = []
+    until = now + _dt.timedelta(seconds=lease_s)
+    for mid in due:
+        res = session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == mid,
+                OutboxMessage.status == "pending",
+                or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until < now),
+            )
+            .values(locked_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:
+            claimed.append(mid)
+    session.commit()
+    if not claimed:
+        return []
+    rows = session.execute(
+        select(OutboxMessage, Webhook).join(Webhook, Webhook.id == OutboxMessage.webhook_id)
+        .where(OutboxMessage.id.in_(claimed))
+    ).all()
+    return [
+        Delivery(m.id, h.url, h.secret, m.body, m.idempotency_key.split(":", 1)[1], m.attempts) for m, h in rows
+    ]
+
+
+def finish_delivery(
+    session: Session, message_id: int, *, ok: bool, error: str | None, backoff_s: float, backoff_max_s: float,
+    max_attempts: int,
+) -> str:
+    """Mark a claimed message delivered, or schedule its retry with exponential back-off."""
+    msg = session.get(OutboxMessage, message_id)
+    if msg is None:
+        return "missing"
+    now = utcnow()
+    msg.attempts += 1
+    msg.locked_until = None
+    if ok:
+        msg.status, msg.delivered_at, msg.last_error = "delivered", now, None
+    else:
+        msg.last_error = (error or "")[:2000]
+        if msg.attempts >= max_attempts:
+            msg.status = "failed"
+        else:
+            delay = min(backoff_s * 2 ** (msg.attempts - 1), backoff_max_s)
+            msg.next_attempt_at = now + _dt.timedelta(seconds=delay)
+    session.commit()
+    return msg.status

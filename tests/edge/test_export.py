@@ -1,0 +1,129 @@
+"""The one-graph pipeline and the INT8 export on real Grocery Store images (small subset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skuscale.bundle import Bundle
+from skuscale.cli.main import app
+from skuscale.data import load_dataset
+from skuscale.data.images import load_image
+from skuscale.data.preprocess import preprocess_batch
+from skuscale.edge.pipeline import PIPELINE_FILE, PipelineRunner, agreement, python_outputs
+
+pytest.importorskip("onnx")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("edge-cache")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("edge-bundles") / "fp32"
+    result = runner.invoke(app, [
+        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(cache_dir),
+    ])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_paths(small_real) -> list[Path]:
+    """Every val image and every other train image of the six SKUs (48 images)."""
+    val, train = load_dataset(small_real["val"]), load_dataset(small_real["train"])
+    return list(val.paths) + list(train.paths[::2])
+
+
+def _batch(bundle: Bundle, paths) -> np.ndarray:
+    return preprocess_batch([load_image(p) for p in paths], bundle.preprocessing)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(bundle_dir, small_real, cache_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("edge-bundles") / "edge32"
+    result = runner.invoke(app, ["export", str(bundle_dir), "--out", str(out), "--eval", str(small_real["val"]),
+                                 "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_export(bundle_dir, small_real, cache_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("edge-bundles") / "edge8"
+    report = out.parent / "export.json"
+    result = runner.invoke(app, [
+        "export", str(bundle_dir), "--int8", "--calibration", str(small_real["train"]), "--calibration-per-sku", "3",
+        "--eval", str(small_real["val"]), "--out", str(out), "--report", str(report), "--cache-dir", str(cache_dir),
+    ])
+    # exit 1 is allowed only for a failed threshold verification, which the report then records
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads(report.read_text())
+    assert result.exit_code == (0 if doc["quantization"]["thresholds"]["passed"] else 1)
+    return out, doc
+
+
+def test_one_graph_agrees_with_python_on_real_images(fp32_export, real_paths):
+    bundle = Bundle.load(fp32_export)
+    paths = real_paths
+    batch = _batch(bundle, paths)
+    graph_out = PipelineRunner(fp32_export / PIPELINE_FILE).run(batch)
+    report = agreement(graph_out, python_outputs(bundle.model, bundle.embedder().embed_batch(batch)))
+    assert report["n"] == len(paths)
+    assert report["band_agreement"] == 1.0
+    assert report["sku_agreement"] == 1.0
+    assert report["topk_agreement"] == 1.0
+    assert report["max_confidence_diff"] <= 1e-4
+    assert report["max_ood_score_diff"] <= 1e-4
+
+
+def test_pipeline_metadata_names_the_catalogue(fp32_export):
+    bundle = Bundle.load(fp32_export)
+    pipe = PipelineRunner(fp32_export / PIPELINE_FILE)
+    assert pipe.skus == bundle.skus
+    assert pipe.categories == bundle.model.router.categories()
+    doc = json.loads((fp32_export / "bundle.json").read_text())
+    assert doc["edge"]["pipeline_check"]["band_agreement"] >= 0.99
+    assert doc["backbone"].get("precision", "fp32") == "fp32"
+
+
+def test_int8_export_keeps_band_agreement(int8_export, bundle_dir, real_paths):
+    out, _ = int8_export
+    edge = Bundle.load(out)  # checksums of the rewritten bundle verify
+    fp32 = Bundle.load(bundle_dir)
+    assert edge.backbone["precision"] == "int8"
+    assert (out / "backbone.onnx").stat().st_size < 0.5 * (bundle_dir / "backbone.onnx").stat().st_size
+    paths = real_paths
+    batch = _batch(fp32, paths)
+    graph8 = PipelineRunner(out / PIPELINE_FILE).run(batch)
+    py32 = python_outputs(fp32.model, fp32.embedder().embed_batch(batch))
+    report = agreement(graph8, py32)
+    assert report["band_agreement"] >= 0.95, report
+    assert report["sku_agreement"] >= 0.95, report
+
+
+def test_int8_report_has_per_sku_table(int8_export, small_real):
+    _, doc = int8_export
+    q = doc["quantization"]
+    rows = q["impact"]["per_sku"]
+    assert sorted(r["sku"] for r in rows) == sorted(small_real["skus"])
+    for r in rows:
+        assert {"top1_fp32", "top1_int8", "automation_fp32", "automation_int8", "auto_precision_fp32",
+                "auto_precision_int8", "flagged", "train_count"} <= set(r)
+    assert q["impact"]["deciles"]["bottom"]["skus"]
+    assert q["thresholds"]["method"] == "verified"
+    assert q["calibration"]["n_images"] == 3 * len(small_real["skus"])
+
+
+def test_export_refuses_same_folder(bundle_dir):
+    result = runner.invoke(app, ["export", str(bundle_dir), "--out", str(bundle_dir)])
+    assert result.exit_code == 1
+    assert "must differ" in result.output

@@ -1,0 +1,180 @@
+"""The recognition API over real HTTP: recognise, review queue, resolve, feedback, metrics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serve.conftest import BUNDLE_SKUS, DEVICE_TOKEN, REVIEWER_TOKEN, image_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def metric_samples(client, name: str) -> dict[tuple, float]:
+    text = client.get("/metrics").text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def recognize(client, data: bytes, name: str = "x.jpg") -> dict:
+    r = client.post("/v1/recognize", files={"file": (name, data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_recognize_returns_band_and_top5(server):
+    with server.client(DEVICE_TOKEN) as c:
+        ev = recognize(c, image_bytes("val", "Banana", 0))
+    assert ev["band"] in {"accept", "verify", "unknown"}
+    assert ev["sku"] in BUNDLE_SKUS
+    assert 0.0 <= ev["confidence"] <= 1.0
+    assert isinstance(ev["ood_score"], float)
+    assert len(ev["candidates"]) == 5
+    assert [c["sku"] for c in ev["candidates"]][0] == ev["sku"]
+    scores = [c["score"] for c in ev["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+    assert ev["status"] == ("final" if ev["band"] == "accept" else "pending")
+    assert len(ev["event_id"]) == 32
+
+
+def test_batch_and_review_queue_filters_and_pagination(server):
+    blobs = [image_bytes("val", sku, 0) for sku in BUNDLE_SKUS]
+    with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
+        r = dev.post("/v1/recognize/batch", files=[("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)])
+        assert r.status_code == 200, r.text
+        events = r.json()["events"]
+        assert len(events) == len(blobs)
+        pending = [e for e in events if e["status"] == "pending"]
+        # This small bundle certifies no threshold, so every item goes to review.
+        assert len(pending) == len(blobs)
+        q = rev.get("/v1/review").json()
+        assert q["total"] == len(pending)
+        assert {i["event_id"] for i in q["items"]} == {e["event_id"] for e in pending}
+        page1 = rev.get("/v1/review", params={"limit": 2, "offset": 0}).json()
+        page2 = rev.get("/v1/review", params={"limit": 2, "offset": 2}).json()
+        assert len(page1["items"]) == 2 and len(page2["items"]) == 2
+        assert not {i["event_id"] for i in page1["items"]} & {i["event_id"] for i in page2["items"]}
+        for band in ("verify", "unknown"):
+            got = rev.get("/v1/review", params={"band": band}).json()
+            assert got["total"] == sum(e["band"] == band for e in pending)
+            assert all(i["band"] == band for i in got["items"])
+        sku = pending[0]["sku"]
+        got = rev.get("/v1/review", params={"sku": sku}).json()
+        assert got["total"] == sum(e["sku"] == sku for e in pending) and all(i["sku"] == sku for i in got["items"])
+        with_cat = [e for e in pending if e["category"]]
+        if with_cat:
+            cat = with_cat[0]["category"]
+            got = rev.get("/v1/review", params={"category": cat}).json()
+            assert got["total"] == sum(e["category"] == cat for e in pending)
+        # The stored image is served back byte for byte (content-addressed store).
+        img = rev.get(f"/v1/events/{pending[0]['event_id']}/image")
+        assert img.status_code == 200 and img.content == blobs[0]
+
+
+def test_resolve_semantics_and_metrics(server):
+    with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
+        ev = recognize(dev, image_bytes("val", "Banana", 1))
+        eid = ev["event_id"]
+        before = metric_samples(rev, "skuscale_review_queue_depth")
+        assert before[(("band", ev["band"]),)] == 1.0
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "sku", "sku": "No-Such-SKU"})
+        assert r.status_code == 422 and "catalogue" in r.text
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "sku"})
+        assert r.status_code == 422
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "maybe"})
+        assert r.status_code == 422
+        r = rev.post("/v1/review/" + "0" * 32 + "/resolve", json={"decision": "sku", "sku": "Banana"})
+        assert r.status_code == 404
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "sku", "sku": "Banana"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["status"] == "final" and out["final_sku"] == "Banana" and out["resolution"] == "sku"
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "sku", "sku": "Banana"})
+        assert r.status_code == 409
+        assert dev.get(f"/v1/events/{eid}").json()["status"] == "final"
+        assert rev.get("/v1/review").json()["total"] == 0
+        assert rev.get("/v1/review", params={"status": "final"}).json()["total"] == 1
+        after = metric_samples(rev, "skuscale_review_queue_depth")
+        assert after[(("band", ev["band"]),)] == 0.0
+        correct = ev["sku"] == "Banana"
+        acc = metric_samples(rev, "skuscale_sku_accuracy")
+        assert acc[(("sku", ev["sku"]),)] == (1.0 if correct else 0.0)
+        fb = metric_samples(rev, "skuscale_feedback_total")
+        assert fb[(("outcome", "correct" if correct else "incorrect"), ("sku", ev["sku"]))] == 1.0
+        rec = metric_samples(rev, "skuscale_recognitions_total")
+        assert rec[(("band", ev["band"]), ("sku", ev["sku"]))] == 1.0
+
+
+def test_new_product_and_not_a_product(server):
+    with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
+        a = recognize(dev, image_bytes("val", "Oatly-Oat-Milk", 0))["event_id"]
+        b = recognize(dev, image_bytes("val", "Oatly-Oat-Milk", 1))["event_id"]
+        r = rev.post(f"/v1/review/{a}/resolve", json={"decision": "new_product", "proposed_sku": "Banana"})
+        assert r.status_code == 422  # already in the catalogue
+        r = rev.post(f"/v1/review/{a}/resolve", json={"decision": "new_product", "proposed_sku": "<script>"})
+        assert r.status_code == 422
+        r = rev.post(f"/v1/review/{a}/resolve", json={"decision": "new_product", "proposed_sku": "Oat-Drink"})
+        assert r.status_code == 200 and r.json()["proposed_sku"] == "Oat-Drink" and r.json()["final_sku"] is None
+        r = rev.post(f"/v1/review/{b}/resolve", json={"decision": "not_a_product"})
+        assert r.status_code == 200 and r.json()["resolution"] == "not_a_product"
+        labels = {dict(k).get("sku") for k in metric_samples(rev, "skuscale_feedback_total")}
+        assert "Oat-Drink" not in labels and labels <= set(BUNDLE_SKUS)
+
+
+def test_two_reviewers_racing_exactly_one_wins(server):
+    with server.client(DEVICE_TOKEN) as dev:
+        eids = [recognize(dev, image_bytes("val", "Pink-Lady", i))["event_id"] for i in range(3)]
+    for eid in eids:
+        codes: list[int] = []
+        barrier = threading.Barrier(4)
+
+        def race(sku, eid=eid, barrier=barrier, codes=codes):
+            with server.client(REVIEWER_TOKEN) as c:
+                barrier.wait()
+                codes.append(c.post(f"/v1/review/{eid}/resolve", json={"decision": "sku", "sku": sku}).status_code)
+
+        threads = [threading.Thread(target=race, args=(s,)) for s in ("Pink-Lady", "Granny-Smith", "Banana", "Red-Beet")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [200, 409, 409, 409]
+
+
+def test_feedback_on_any_event(server):
+    with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
+        ev = recognize(dev, image_bytes("val", "Red-Beet", 0))
+        other = next(s for s in BUNDLE_SKUS if s != ev["sku"])
+        r = rev.post("/v1/feedback", json={"event_id": ev["event_id"], "sku": other, "source": "till-3"})
+        assert r.status_code == 200 and r.json()["outcome"] == "incorrect"
+        r = rev.post("/v1/feedback", json={"event_id": ev["event_id"], "sku": "free text that is no SKU"})
+        assert r.status_code == 200
+        r = rev.post("/v1/feedback", json={"event_id": ev["event_id"], "sku": ev["sku"]})
+        assert r.status_code == 200 and r.json()["outcome"] == "correct"
+        assert rev.post("/v1/feedback", json={"event_id": "f" * 32, "sku": "Banana"}).status_code == 404
+        assert rev.post("/v1/feedback", json={"event_id": ev["event_id"]}).status_code == 422
+        fb = metric_samples(rev, "skuscale_feedback_total")
+        assert fb[(("outcome", "incorrect"), ("sku", ev["sku"]))] == 2.0
+        assert fb[(("outcome", "correct"), ("sku", ev["sku"]))] == 1.0
+        assert metric_samples(rev, "skuscale_sku_accuracy")[(("sku", ev["sku"]),)] == pytest.approx(1 / 3)
+        assert all(dict(k)["sku"] in BUNDLE_SKUS for k in fb)
+
+
+def test_operations_endpoints_are_open(server):
+    with server.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["skus"] == len(BUNDLE_SKUS)
+        text = c.get("/metrics").text
+        assert "skuscale_bundle_info{" in text and 'n_skus="6"' in text
+        assert "skuscale_request_duration_seconds_bucket" in text
+        assert "skuscale_ood_score" in text
+        assert c.get("/openapi.json").json()["paths"]["/v1/recognize"]
+        cat = c.get("/v1/catalogue", headers={"Authorization": f"Bearer {DEVICE_TOKEN}"}).json()
+        assert cat["n_skus"] == 6 and not any(s["enrolled"] for s in cat["skus"])
