@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/skuscale demo --data $(SHARED) --out $(OUT)
+	$(BIN)/skuscale demo --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

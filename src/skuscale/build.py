@@ -201,6 +201,7 @@ def build_bundle(
     batch_size: int = 32,
     threads: int | None = None,
     progress: BuildProgress | None = None,
+    device: str | os.PathLike | None = None,
 ) -> BuildResult:
     """Validate data, embed it (cached), export and verify ONNX, fit and save a bundle.
 
@@ -221,6 +222,11 @@ def build_bundle(
     cache_dir : path, optional
         Embedding cache (default :func:`default_cache_dir`).
     config : TrainingConfig, optional
+    device : str or path, optional
+        Device profile (name or YAML): backbone variant, INT8 and class-table setting are
+        chosen before embedding so the footprint leaves 20% headroom on its lowest tier
+        (:mod:`skuscale.edge.sizing`); raises :class:`SkuscaleError` with the arithmetic
+        when nothing fits.
     """
     from skuscale.data.images import load_image
     from skuscale.data.preprocess import preprocess_batch
@@ -245,6 +251,17 @@ def build_bundle(
 
     hooks.step("validating data")
     train_ds, val_ds, ref_ds = _collect(train, val, reference, exclude_skus, is_known_good)
+    plan = None
+    if device is not None:
+        from skuscale.edge.sizing import plan_for_device
+
+        plan = plan_for_device(device, len(train_ds.skus), backbone=backbone, calibration_paths=train_ds.paths,
+                               step=hooks.step)
+        hooks.step(f"device sizing: {plan.choice.arithmetic()}")
+        if plan.choice.backbone != backbone:
+            backbone = plan.choice.backbone
+            net = load_backbone(backbone)
+            embedder = TorchEmbedder(net, threads=threads)
 
     parts = [("train", train_ds)] + [(n, d) for n, d in (("val", val_ds), ("reference", ref_ds)) if d is not None]
     embeddings = []
@@ -282,6 +299,8 @@ def build_bundle(
             "n_images": {label: len(ds) for label, ds in parts},
         },
     )
+    if plan is not None:
+        metadata["device_sizing"] = plan.to_dict()
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
     trained = (origin != "val") | cfg.final_on_calibration
     bundle = Bundle(
@@ -300,6 +319,15 @@ def build_bundle(
         metadata=metadata,
     )
     _publish(bundle, staging, out, hooks)
+    if plan is not None and plan.choice.int8:
+        from skuscale.edge.export import export_bundle
+
+        quantised = out.with_name(out.name + ".int8")
+        export_bundle(out, quantised, int8=True, calibration=train, evaluation=val or train, cache_dir=cache_dir,
+                      step=hooks.step)
+        shutil.rmtree(out)
+        os.replace(quantised, out)
+        bundle = Bundle.load(out)
     return BuildResult(
         bundle=bundle, seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses
     )

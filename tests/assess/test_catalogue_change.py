@@ -91,7 +91,7 @@ def test_unparseable_date_names_the_line(tmp_path):
 
 def test_bad_change_and_short_row_name_the_line(tmp_path):
     path = _log(tmp_path, "date,sku,change\n2024-01-01,A,renamed\n2024-01-02,B\n")
-    with pytest.raises(CatalogueLogError, match="line 2: change 'renamed'.*line 3: expected 3 fields"):
+    with pytest.raises(CatalogueLogError, match=r"line 2: change 'renamed'.*line 3: expected 3 fields"):
         read_catalogue_log(path)
 
 

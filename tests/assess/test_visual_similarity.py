@@ -54,8 +54,8 @@ def test_near_duplicate_pair_fails_with_a_recommendation():
 def test_recommendation_rules():
     cats = {"a": "milk", "b": "milk", "c": "juice"}
     assert recommendation("a", "b", 0.01, 0.2, 0.5, cats)[0] == "merge"
-    assert recommendation("a", "b", 0.15, 0.2, 0.5, cats) == ("subclass routing",
-                                                             "subclass routing: accept at category milk, verify the SKU")
+    expected = ("subclass routing", "subclass routing: accept at category milk, verify the SKU")
+    assert recommendation("a", "b", 0.15, 0.2, 0.5, cats) == expected
     assert recommendation("a", "c", 0.01, 0.2, 0.5, cats)[0] == "subclass routing"  # never merge across categories
     assert recommendation("a", "c", 0.3, 0.2, 0.5, cats)[0] == "none"
 

@@ -1,10 +1,15 @@
-"""The quick-start demo runs on the embedded sample of real images."""
+"""The quick-start demo: the simulated pilot-to-rollout story, and the real-image mode (--data)."""
 
 from __future__ import annotations
 
 import json
 
-from skuscale.demo import main, pick_unknown_skus, sample_dir
+import pytest
+from typer.testing import CliRunner
+
+from skuscale.cli.main import app
+from skuscale.demo import PILOT, ROLLOUT, main, pick_unknown_skus, sample_dir
+from tests.browser import assert_images_rendered, open_page
 
 
 def test_pick_unknown_skus_is_reproducible_and_leaves_known_skus():
@@ -26,3 +31,31 @@ def test_demo_on_embedded_sample(tmp_path, monkeypatch):
     assert len(metrics["unknown_skus"]) == 4
     assert metrics["silent_error_rate"] <= metrics["naive_argmax_silent_error_rate"]
     assert (tmp_path / "out" / "bundle" / "bundle.json").is_file()
+
+
+def test_simulated_demo_tells_the_story_and_its_html_renders(tmp_path):
+    out = tmp_path / "demo"
+    # A fifth of the catalogue sizes keeps the test short; `skuscale demo` itself runs at full size.
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--scale", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "SIMULATED" in result.output
+    story = json.loads((out / "demo.json").read_text())
+    assert story["simulated"] is True
+    assert story["pilot"]["n_skus"] == 160 and story["rollout"]["n_skus"] == 400
+    assert story["rollout"]["n_new_skus"] == 20
+    # Naive argmax degrades from pilot to rollout; routing cuts the silent errors.
+    assert story["pilot"]["naive_top1"] > story["rollout"]["naive_top1"] + 0.03
+    assert story["rollout"]["routed"]["silent_error_rate"] < story["rollout"]["naive_silent_error_rate"] / 3
+    assert story["assessment"]["failing"], "the rollout should fail some readiness checks"
+    assert 0.5 < story["forecast"]["top1"] <= 1.0
+    html = (out / "demo.html").read_text()
+    assert "SIMULATED DATA" in html
+    with open_page((out / "demo.html").as_uri()) as page:
+        page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+        assert_images_rendered(page, minimum=2)
+
+
+def test_demo_presets_are_the_documented_story():
+    assert PILOT.n_skus == 800 and PILOT.zipf_exponent == 0 and PILOT.family_size == 1
+    assert ROLLOUT.n_skus == 2000 and ROLLOUT.family_size > 1 and ROLLOUT.zipf_exponent > 0
+    assert ROLLOUT.new_sku_monthly_rate * 3 == pytest.approx(0.05) and ROLLOUT.drift_share > 0

@@ -31,6 +31,7 @@ def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     result = runner.invoke(app, [
         "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(cache_dir),
+        "--device", "smart-cart",
     ])
     assert result.exit_code == 0, result.output
     return out
@@ -127,3 +128,44 @@ def test_export_refuses_same_folder(bundle_dir):
     result = runner.invoke(app, ["export", str(bundle_dir), "--out", str(bundle_dir)])
     assert result.exit_code == 1
     assert "must differ" in result.output
+
+
+def test_build_records_device_sizing(bundle_dir):
+    sizing = json.loads((bundle_dir / "bundle.json").read_text())["device_sizing"]
+    choice = sizing["choice"]
+    assert sizing["profile"] == "smart-cart"
+    # six SKUs fit the 64 MB cart tier with the fp32 backbone and dense fp32 tables
+    assert (choice["backbone"], choice["int8"], choice["table_dim"], choice["table_precision"]) == (
+        "efficientnet-lite0", False, None, "fp32")
+    assert choice["headroom"] >= 0.20
+    assert choice["total_bytes"] == choice["weights_bytes"] + choice["activation_bytes"] + choice["table_bytes"]
+
+
+def test_build_fails_early_when_nothing_fits(small_real, cache_dir, tmp_path):
+    profile = tmp_path / "tag.yaml"
+    profile.write_text("name: price-tag\ntiers:\n  - name: tag0\n    memory_mb: 4\n")
+    out = tmp_path / "never"
+    result = runner.invoke(app, ["build", "--train", str(small_real["train"]), "--out", str(out),
+                                 "--cache-dir", str(cache_dir), "--device", str(profile)])
+    assert result.exit_code == 1
+    assert "nothing fits price-tag/tag0" in result.output
+    assert "int8" in result.output and "W " in result.output  # the arithmetic, INT8 included
+    assert "embedding train" not in result.output  # it failed before embedding anything
+    assert not out.exists()
+
+
+def test_int8_bundle_footprint_and_check_4(int8_export):
+    from skuscale.assess.footprint import bundle_footprint
+    from skuscale.assess.memory_headroom import assess_headroom
+    from skuscale.assess.profiles import parse_profile
+    from skuscale.edge.footprint import measure_bundle
+
+    out, _ = int8_export
+    measured = measure_bundle(out, scale_points=(2000,))
+    assert measured["precision"] == "int8"
+    assert measured["weights_bytes"] < 5 * 2**20  # INT8 lite0 weights, about 3.4 MiB
+    assert measured["session_rss"]["run_bytes"] > 0
+    assert measured["scale"][0]["dense_fp32_table_bytes"] == int(measured["per_sku_bytes"] * 2000)
+    footprint = bundle_footprint(Bundle.load(out))
+    tiny = parse_profile({"name": "tiny", "tiers": [{"name": "t", "memory_mb": 8}]}, "test")
+    assert assess_headroom(footprint, tiny).status == "fail"

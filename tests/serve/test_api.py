@@ -36,7 +36,7 @@ def test_recognize_returns_band_and_top5(server):
     assert 0.0 <= ev["confidence"] <= 1.0
     assert isinstance(ev["ood_score"], float)
     assert len(ev["candidates"]) == 5
-    assert [c["sku"] for c in ev["candidates"]][0] == ev["sku"]
+    assert ev["candidates"][0]["sku"] == ev["sku"]
     scores = [c["score"] for c in ev["candidates"]]
     assert scores == sorted(scores, reverse=True)
     assert ev["status"] == ("final" if ev["band"] == "accept" else "pending")
@@ -46,7 +46,8 @@ def test_recognize_returns_band_and_top5(server):
 def test_batch_and_review_queue_filters_and_pagination(server):
     blobs = [image_bytes("val", sku, 0) for sku in BUNDLE_SKUS]
     with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
-        r = dev.post("/v1/recognize/batch", files=[("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)])
+        files = [("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
+        r = dev.post("/v1/recognize/batch", files=files)
         assert r.status_code == 200, r.text
         events = r.json()["events"]
         assert len(events) == len(blobs)
@@ -75,6 +76,7 @@ def test_batch_and_review_queue_filters_and_pagination(server):
         # The stored image is served back byte for byte (content-addressed store).
         img = rev.get(f"/v1/events/{pending[0]['event_id']}/image")
         assert img.status_code == 200 and img.content == blobs[0]
+        assert img.headers["content-type"] == "image/jpeg"
 
 
 def test_resolve_semantics_and_metrics(server):
@@ -139,7 +141,8 @@ def test_two_reviewers_racing_exactly_one_wins(server):
                 barrier.wait()
                 codes.append(c.post(f"/v1/review/{eid}/resolve", json={"decision": "sku", "sku": sku}).status_code)
 
-        threads = [threading.Thread(target=race, args=(s,)) for s in ("Pink-Lady", "Granny-Smith", "Banana", "Red-Beet")]
+        skus = ("Pink-Lady", "Granny-Smith", "Banana", "Red-Beet")
+        threads = [threading.Thread(target=race, args=(s,)) for s in skus]
         for t in threads:
             t.start()
         for t in threads:
@@ -178,3 +181,35 @@ def test_operations_endpoints_are_open(server):
         assert c.get("/openapi.json").json()["paths"]["/v1/recognize"]
         cat = c.get("/v1/catalogue", headers={"Authorization": f"Bearer {DEVICE_TOKEN}"}).json()
         assert cat["n_skus"] == 6 and not any(s["enrolled"] for s in cat["skus"])
+
+
+def test_client_recognize_and_wait_final(server, tmp_path):
+    import time
+
+    from skuscale.client import Client, ServiceError
+
+    path = tmp_path / "item.jpg"
+    path.write_bytes(image_bytes("val", "Banana", 2))
+    with Client(server.url, token=DEVICE_TOKEN) as api, Client(server.url, token=REVIEWER_TOKEN) as reviewer:
+        ev = api.recognize(path)
+        assert ev["status"] == "pending"
+        other = api.recognize(image_bytes("val", "Banana", 3))
+        with pytest.raises(TimeoutError):
+            api.wait_final(other["event_id"], timeout=0.3, poll_s=0.1)
+
+        def resolve_later():
+            time.sleep(0.5)
+            reviewer.resolve(ev["event_id"], "sku", "Banana")
+
+        t = threading.Thread(target=resolve_later)
+        t.start()
+        final = api.wait_final(ev["event_id"], timeout=20, poll_s=0.1)
+        t.join()
+        assert final["status"] == "final" and final["final_sku"] == "Banana"
+        with pytest.raises(ServiceError) as err:
+            api.resolve(other["event_id"], "not_a_product")
+        assert err.value.status_code == 403
+        assert reviewer.feedback(ev["event_id"], "Banana")["outcome"] in {"correct", "incorrect"}
+    with Client(server.url) as anon, pytest.raises(ServiceError) as err:
+        anon.recognize(path)
+    assert err.value.status_code == 401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import GROCERY
 from tests.serve.conftest import (
     BUNDLE_SKUS,
     DEVICE_TOKEN,
@@ -13,7 +14,6 @@ from tests.serve.conftest import (
     held_out_paths,
     image_bytes,
 )
-from tests.conftest import GROCERY
 
 pytestmark = pytest.mark.slow
 # The small test bundle certifies no threshold (NEVER_ACCEPT everywhere: too few held-out
@@ -96,7 +96,8 @@ def test_enrolled_sku_backs_off_to_router_threshold(make_server):
         # Category Milk is known to the router: the SKU inherits its threshold.
         from skuscale.bundle import Bundle
 
-        b = Bundle.load(srv.app.state.settings.bundle)
-        assert r.json()["threshold"] == b.model.router.category_thresholds.per_sku.get(
-            "Milk", b.model.router.category_thresholds.global_
-        ) or r.json()["threshold"] == b.model.router.sku_thresholds.per_category["Milk"]
+        table = Bundle.load(srv.app.state.settings.bundle).model.router.sku_thresholds
+        assert r.json()["threshold"] == pytest.approx(table.per_category["Milk"])
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Some-New-Thing"},
+                     files={"files": ("a.jpg", held_out_paths("train")[0].read_bytes())})
+        assert r.json()["threshold"] == pytest.approx(table.global_)

@@ -286,6 +286,10 @@ def load_context(
         val_seen = bool(seen.any())
         if val_seen:
             notes.append(f"the bundle was built on {int(seen.sum())} of the {seen.size} validation images")
+        n_val_skus = len(set(val_y))
+        if n_val_skus < len(catalogue):
+            notes.append(f"the validation images cover {n_val_skus} of the {len(catalogue)} catalogue SKUs: per-SKU "
+                         "accuracy, calibration and the tail view see only those")
     train_skus = set(train_y)
     missing = sorted(catalogue - train_skus)
     if missing:

@@ -142,7 +142,8 @@ def _tail_section(tail: dict[str, Any]) -> str:
         fig = _img("Top and bottom decile, per SKU", tail_figure(tail))
     except Exception as exc:  # a plot must not cost the report
         fig = f'<p class="muted">plot unavailable: {escape(str(exc))}</p>'
-    return (f"<p class='muted'>Predictions: {escape(tail['source'])}. Top-1 gap between the deciles: "
+    return (f"<p class='muted'>Predictions: {escape(tail['source'])}. Deciles of the {tail['n_skus']} SKUs with "
+            "held-out images. Top-1 gap between the deciles: "
             f"{tail['top1_gap']:+.1%}.</p><div class='side'>" + "".join(parts) + "</div>" + fig)
 
 

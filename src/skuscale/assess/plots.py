@@ -31,7 +31,8 @@ def png_base64(fig: Figure) -> str:
 
 def bar_figure(labels: Sequence[str], values: Sequence[float], *, colors=None, ylabel: str = "", title: str = "",
                hline: float | None = None, ylim=None, rotate: int = 90) -> Figure:
-    fig, ax = _figure(max(6.0, min(16.0, 0.16 * len(labels) + 3)))
+    # Many rotated labels need room below the bars.
+    fig, ax = _figure(max(6.0, min(16.0, 0.16 * len(labels) + 3)), 5.0 if rotate and len(labels) > 20 else 3.2)
     ax.bar(range(len(labels)), values, color=colors or BLUE)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=rotate, fontsize=6 if len(labels) > 20 else 9)

@@ -116,9 +116,9 @@ def coupled_risks(results: list[CheckResult], *, margin: float = 0.2, train_coun
 def tail_view(y_true, y_pred, confidence, train_counts, *, n_bins: int = 15) -> dict[str, Any]:
     """Per-SKU accuracy and calibration for the top and bottom deciles by training count.
 
-    Each group gets its SKU rows (training count, held-out images, top-1, mean
-    confidence, confidence minus accuracy) and aggregates over its images (top-1
-    and ECE).
+    Deciles are taken among the SKUs that have held-out predictions. Each group
+    gets its SKU rows (training count, held-out images, top-1, mean confidence,
+    confidence minus accuracy) and aggregates over its images (top-1 and ECE).
     """
     y_true, y_pred = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -138,6 +138,8 @@ def tail_view(y_true, y_pred, confidence, train_counts, *, n_bins: int = 15) -> 
                          "ece": float(expected_calibration_error(confidence[m], correct, n_bins)),
                          "n_eval": int(m.sum())}
     groups["top1_gap"] = groups["top"]["top1"] - groups["bottom"]["top1"]
+    # Deciles are taken among the SKUs that have held-out images.
+    groups["n_skus"] = len(counts)
     return groups
 
 

@@ -32,7 +32,8 @@ HELP = {
     "--no-train-on-val keeps it out, so evaluating on it measures the head honestly.",
     "exclude_sku": "Drop this SKU entirely (repeatable); it becomes an unknown product.",
     "backbone": "Backbone: efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2.",
-    "demo_data": "Folder with train.csv and val.csv (default ../shared/grocery-store, else the embedded sample).",
+    "demo_data": "Run on real images: a folder with train.csv and val.csv (one without train.csv falls back to the "
+    "embedded sample). Without it the demo simulates the pilot-to-rollout story.",
     "cache_dir": "Embedding cache folder (default $SKUSCALE_CACHE or ~/.cache/skuscale/embeddings).",
 }
 
@@ -65,6 +66,8 @@ def build(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and held-out SKUs.")] = 0,
     train_on_val: Annotated[bool, typer.Option(help=HELP["train_on_val"])] = True,
+    device: Annotated[str | None, typer.Option(help="Device profile (name or YAML): size backbone, INT8 and class "
+                                               "tables for its lowest tier before training (docs/edge.md).")] = None,
 ) -> None:
     """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
     from skuscale.build import build_bundle
@@ -77,6 +80,8 @@ def build(
         fail("--ood-flag-rate must be in (0, 0.5)", 2)
     if (train is None) == (embeddings is None):
         fail("give exactly one of --train (images) or --embeddings (an embedding file)", 2)
+    if embeddings is not None and device:
+        fail("--device sizes the image backbone; it does not apply to --embeddings", 2)
     if embeddings is not None and (val or reference):
         fail("--val and --reference apply to images; an embedding file carries its own split column", 2)
     config = TrainingConfig(
@@ -92,7 +97,7 @@ def build(
         else:
             result = build_bundle(
                 train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
-                cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(),
+                cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(), device=device,
             )
     except SkuscaleError as exc:
         fail(str(exc))
@@ -111,6 +116,8 @@ def build(
         table.add_row("export max |torch - onnx|", f"{b.backbone['export_max_abs_diff']:.2e}")
     if b.simulated:
         table.add_row("data", "[bold yellow]SIMULATED embeddings[/]")
+    if "device_sizing" in b.metadata:
+        table.add_row("device sizing", b.metadata["device_sizing"]["choice"]["arithmetic"])
     table.add_row("cache hits / misses", f"{result.cache_hits} / {result.cache_misses}")
     table.add_row("build time", f"{result.seconds:.1f} s")
     console.print(table)
@@ -211,11 +218,12 @@ def evaluate(
 def demo(
     data: Annotated[Path | None, typer.Option(help=HELP["demo_data"])] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    scale: Annotated[float, typer.Option(help="Simulated mode: multiply the catalogue sizes (0.2 = quick).")] = 1.0,
 ) -> None:
-    """Build on real images with 4 SKUs held out as unknown products; compare routing with naive argmax."""
+    """Simulated pilot (800 SKUs) to rollout (2,000 SKUs) story, or real images with --data."""
     from skuscale import demo as demo_module
 
-    args = ["--out", str(out)] + (["--data", str(data)] if data else [])
+    args = ["--out", str(out), "--scale", str(scale)] + (["--data", str(data)] if data else [])
     try:
         code = demo_module.main(args)
     except SkuscaleError as exc:
@@ -226,6 +234,8 @@ def demo(
 app.command(name="export")(__import__("skuscale.cli.export", fromlist=["export"]).export)
 app.command(name="assess")(__import__("skuscale.cli.assess", fromlist=["assess"]).assess)
 app.command(name="serve")(__import__("skuscale.cli.serve", fromlist=["serve"]).serve)
+app.command(name="simulate")(__import__("skuscale.cli.simulate", fromlist=["simulate"]).simulate)
+app.command(name="forecast")(__import__("skuscale.cli.forecast", fromlist=["forecast"]).forecast)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -4,6 +4,7 @@ Nothing here imports torch. The ONNX graph building needs the ``onnx`` package (
 ``edge`` extra); running an exported pipeline needs only onnxruntime and numpy.
 """
 
+from skuscale.edge.footprint import SizingChoice, class_table_bytes_for, measure_bundle, size_for_device
 from skuscale.edge.pipeline import (
     PIPELINE_FILE,
     PIPELINE_OUTPUTS,
@@ -19,7 +20,11 @@ __all__ = [
     "PIPELINE_OUTPUTS",
     "SUPPORTED_DETECTORS",
     "PipelineRunner",
+    "SizingChoice",
     "build_decision_graph",
     "build_pipeline_graph",
+    "class_table_bytes_for",
     "export_pipeline",
+    "measure_bundle",
+    "size_for_device",
 ]

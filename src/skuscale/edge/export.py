@@ -119,6 +119,8 @@ def export_bundle(
     if src.resolve() == out.resolve():
         raise SkuscaleError("--out must differ from the source bundle")
     bundle = Bundle.load(src)
+    if not bundle.backbone.get("onnx"):
+        raise SkuscaleError(f"bundle {src} has no image backbone (built from embeddings); nothing to export")
     detector = type(bundle.model.detector).__name__
     if detector not in SUPPORTED_DETECTORS:
         raise SkuscaleError(
@@ -194,7 +196,7 @@ def export_bundle(
         }
         report["pipeline_check"] = check
         edge = Bundle(model=bundle.model, preprocessing=bundle.preprocessing, backbone=backbone, metadata=metadata,
-                      training_digests=bundle.training_digests)
+                      training_digests=bundle.training_digests, digest_trained=bundle.digest_trained)
         edge.save(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -275,3 +275,28 @@ def verify_thresholds(impact: Mapping[str, Any], target_precision: float, *, tol
         "auto_precision_int8": p8,
         "tolerance": tolerance,
     }
+
+
+def quantization_section(bundle) -> dict[str, Any] | None:
+    """The INT8 part of a readiness report for ``bundle``, or None for an fp32 bundle.
+
+    Returns the recorded method, calibration, threshold verification, overall fp32 vs
+    INT8 numbers, the bottom/top sample-count deciles, the flagged SKUs and the per-SKU
+    table (worst top-1 change first), ready to render.
+    """
+    q = bundle.metadata.get("quantization")
+    if not q:
+        return None
+    impact = q["impact"]
+    rows = sorted(impact["per_sku"], key=lambda r: (r["top1_change_points"] or 0.0, r["sku"]))
+    return {
+        "method": q["method"],
+        "calibration": q["calibration"],
+        "evaluation": q["evaluation"],
+        "thresholds": q["thresholds"],
+        "overall": impact["overall"],
+        "deciles": impact["deciles"],
+        "flagged": impact["flagged"],
+        "flag_points": impact["flag_points"],
+        "per_sku": rows,
+    }

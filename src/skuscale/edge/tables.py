@@ -150,7 +150,6 @@ class ClassTable:
         index.train(augmented if train_rows is None else np.vstack([augmented, train_rows]).astype(np.float32))
         index.add(augmented)
         index.nprobe = self.nprobe
-        index.own_fields = True
         self._quantizer = quantizer  # keep the quantiser alive alongside the index
         self.nlist_ = nlist
         return index

@@ -29,7 +29,7 @@ AXES = ("similarity", "imbalance", "unknowns")
 
 def size_grid(k_max: int, *, start_fraction: float = 0.1, steps: int = 8) -> list[int]:
     """Catalogue sizes from about ``start_fraction * k_max`` to ``k_max`` (at least 2), geometric."""
-    lo = max(2, int(round(start_fraction * k_max)))
+    lo = max(2, round(start_fraction * k_max))
     if k_max <= lo:
         return [int(k_max)]
     grid = np.unique(np.round(np.geomspace(lo, k_max, steps)).astype(int))
@@ -151,11 +151,11 @@ def forecast(
         else np.array([0.0, measured_mean[sizes[0]]["ece"]])
     ece = np.clip(np.polyval(ece_fit, np.log(grid)), 0, 1)
 
-    # Imbalance: images of SKUs with fewer training images than the median, against the rest.
+    # Imbalance: the loss if every SKU did as well as those with more training images than the median.
     counts_of = dict(zip(table.skus.tolist(), table.train_counts.tolist(), strict=True))
     owner_counts = np.array([counts_of[s] for s in owners])
     median = float(np.median(table.train_counts))
-    head = owner_counts >= median
+    head = owner_counts > median
     tail = ~head
     top1_to = float(model.top1([to])[0])
     imbalance_loss = 0.0

@@ -88,7 +88,7 @@ class SimilarityTable:
     def beaten_by(self) -> np.ndarray:
         """Per image, how many other SKUs score at least as high as its own."""
         own = self.S[np.arange(self.S.shape[0]), self.y]
-        return (self.S >= own[:, None]).sum(axis=1) - 1
+        return (own[:, None] <= self.S).sum(axis=1) - 1
 
     def subset(self, columns: np.ndarray) -> SimilarityTable:
         columns = np.asarray(columns)

@@ -8,6 +8,7 @@ signed webhooks from a database outbox. See ``docs/service.md``.
 from __future__ import annotations
 
 import csv
+import fcntl
 import re
 import threading
 import time
@@ -90,6 +91,18 @@ def _require_multipart(request: Request) -> None:
         raise HTTPException(415, f"send the image(s) as multipart/form-data, not {ctype or 'no content type'!r}")
 
 
+def _image_media_type(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
 def _reference_images(manifest: Path | None) -> dict[str, Path]:
     if manifest is None:
         return {}
@@ -123,7 +136,10 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     recognizer = Recognizer(settings.bundle, threads=settings.onnx_threads, enrol_threshold=settings.enrol_threshold)
     engine = make_engine(settings.database_url, schema=settings.db_schema)
-    migrate(engine, schema=settings.db_schema)
+    with open(settings.data_dir / "migrate.lock", "w") as lock_file:
+        # Worker processes start together; only one may migrate a SQLite file at a time.
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        migrate(engine, schema=settings.db_schema)
     Session = make_sessionmaker(engine)
     store = ImageStore(settings.data_dir / "images")
     references = _reference_images(settings.reference_manifest)
@@ -190,11 +206,23 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     app.state.store = store
     app.state.worker = worker
 
+    body_limits = {
+        "/v1/recognize": settings.max_image_bytes + MULTIPART_SLACK,
+        "/v1/recognize/batch": settings.max_image_bytes * settings.max_batch + MULTIPART_SLACK,
+        "/v1/catalogue/enrol": settings.max_image_bytes * settings.max_enrol_images + MULTIPART_SLACK,
+    }
+
     @app.middleware("http")
     async def observe_latency(request: Request, call_next):
         start = time.perf_counter()
         status = 500
         try:
+            limit = body_limits.get(request.url.path) if request.method == "POST" else None
+            length = request.headers.get("content-length", "")
+            if limit is not None and length.isdigit() and int(length) > limit:
+                # Refuse before the multipart parser spools an oversized body to disk.
+                status = 413
+                return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, 413)
             response = await call_next(request)
             status = response.status_code
             return response
@@ -265,7 +293,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             ev = session.get(repo.Event, event_id)
             if ev is None or ev.image_sha256 is None:
                 raise HTTPException(404, "no stored image for this event")
-            return FileResponse(store.path(ev.image_sha256), media_type="application/octet-stream")
+            path = store.path(ev.image_sha256)
+        return FileResponse(path, media_type=_image_media_type(path), headers={"X-Content-Type-Options": "nosniff"})
 
     # --------------------------------------------------------------------- review
     @app.get("/v1/review", tags=["review"], dependencies=[Depends(reviewer)])
@@ -354,7 +383,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             sha = repo.enrolment_image(session, sku)
         if sha is None:
             raise HTTPException(404, f"no reference image for {sku!r}")
-        return FileResponse(store.path(sha), media_type="application/octet-stream")
+        path = store.path(sha)
+        return FileResponse(path, media_type=_image_media_type(path), headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/v1/catalogue/enrol", tags=["catalogue"], dependencies=[Depends(reviewer), Depends(_require_multipart)])
     def enrol(

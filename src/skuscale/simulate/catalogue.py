@@ -137,7 +137,7 @@ class SimulatorParams:
 
     @property
     def n_new_skus(self) -> int:
-        return int(round(self.n_skus * self.new_sku_monthly_rate * self.months))
+        return round(self.n_skus * self.new_sku_monthly_rate * self.months)
 
 
 def zipf_counts(n: int, exponent: float, max_count: int, min_count: int, rng: np.random.Generator) -> np.ndarray:
@@ -204,13 +204,14 @@ def simulate_catalogue(params: SimulatorParams) -> EmbeddingDataset:
     known = np.arange(p.n_skus)
     new = np.arange(p.n_skus, n_total)
     train_counts = zipf_counts(p.n_skus, p.zipf_exponent, p.max_train, p.min_train, rng)
-    n_drift = int(round(p.drift_share * p.n_skus))
+    n_drift = round(p.drift_share * p.n_skus)
     drifted = np.sort(rng.choice(known, size=n_drift, replace=False)) if n_drift else np.array([], dtype=np.int64)
     test_centroids = centroids.copy()
     if n_drift:
         direction = _unit(rng, n_drift, p.dim)
         # Remove the component along the old centroid so drift_similarity is the cosine.
-        direction = l2_normalize(direction - (direction * centroids[drifted]).sum(1, keepdims=True) * centroids[drifted])
+        old = centroids[drifted]
+        direction = l2_normalize(direction - (direction * old).sum(1, keepdims=True) * old)
         s = p.drift_similarity
         test_centroids[drifted] = l2_normalize(s * centroids[drifted] + math.sqrt(max(1 - s * s, 0.0)) * direction)
 

@@ -60,7 +60,7 @@ def _group_by_links(S: np.ndarray, threshold: float) -> np.ndarray:
             i = parent[i]
         return i
 
-    for i, j in zip(*np.nonzero(np.triu(S > threshold, 1)), strict=True):
+    for i, j in zip(*np.nonzero(np.triu(threshold < S, 1)), strict=True):
         ri, rj = find(int(i)), find(int(j))
         if ri != rj:
             parent[ri] = rj
@@ -145,14 +145,48 @@ def data_families(data: EmbeddingDataset, families: str = "auto") -> dict[str, s
     return None
 
 
+def _proxy_val_top1(data: EmbeddingDataset) -> float:
+    from skuscale.forecast.measure import exact_top1_curve, similarity_table
+
+    train, val = data.part("train"), data.part("val")
+    table = similarity_table(train.X, train.sku, val.X, val.sku)
+    return float(exact_top1_curve(table.beaten_by(), table.n_skus, [table.n_skus])[0])
+
+
+def match_val_top1(params: SimulatorParams, target: float, *, seeds: int = 3, steps: int = 14) -> SimulatorParams:
+    """``params`` with ``within_spread`` set (by bisection) so the proxy's top-1 on ``val`` equals ``target``.
+
+    Real validation photos come from other shooting sessions and real image noise
+    is anisotropic, so a simulator with the training split's isotropic spread is far
+    too easy; the spread is the knob that absorbs both. The proxy is the forecast's
+    whitened nearest-class-mean classifier (:mod:`skuscale.forecast.measure`).
+    """
+    from skuscale.simulate.catalogue import simulate_catalogue
+
+    def top1(spread: float) -> float:
+        return float(np.mean([_proxy_val_top1(simulate_catalogue(params.replace(within_spread=spread, seed=s)))
+                              for s in range(seeds)]))
+
+    lo, hi = 0.0, max(4.0 * params.within_spread, 1.0)
+    while top1(hi) > target and hi < 64:
+        hi *= 2
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if top1(mid) > target else (lo, mid)
+    return params.replace(within_spread=0.5 * (lo + hi))
+
+
 def fit_simulator_params(data: EmbeddingDataset, *, split: str = "train", families: str = "auto",
-                         **overrides) -> SimulatorParams:
+                         match_accuracy: bool = False, **overrides) -> SimulatorParams:
     """Simulator parameters whose statistics match ``data`` (its ``split`` rows).
 
     The dimension is the participation ratio of the within-SKU scatter (at least
     8); counts, families, similarities and spread are estimated as in the module
-    docstring (``families`` as in :func:`data_families`); ``overrides`` (e.g.
-    ``n_skus=2000``) replace fitted values.
+    docstring (``families`` as in :func:`data_families`). With ``match_accuracy``
+    and ``val`` rows, the spread is then set so the simulated catalogue (at the
+    data's size) is as hard for the forecast's proxy as the real one
+    (:func:`match_val_top1`). ``overrides`` (e.g. ``n_skus=2000``) replace fitted
+    values last.
     """
     part = data.part(split) if data.split is not None else data
     cats = part.categories()
@@ -176,5 +210,7 @@ def fit_simulator_params(data: EmbeddingDataset, *, split: str = "train", famili
         "min_train": int(counts.min()),
         "val_per_sku": int(np.median(val_counts)) if len(val_counts) else 0,
     }
-    params.update(overrides)
-    return SimulatorParams(**params)
+    fitted = SimulatorParams(**params)
+    if match_accuracy and data.split is not None and len(data.part("val")):
+        fitted = match_val_top1(fitted.replace(val_per_sku=max(fitted.val_per_sku, 1)), _proxy_val_top1(data))
+    return fitted.replace(**overrides)

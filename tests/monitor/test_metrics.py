@@ -1,0 +1,57 @@
+"""Rolling per-SKU accuracy and the Prometheus metric set (known answers, own registry)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from skuscale.monitor.accuracy import RollingAccuracy
+from skuscale.monitor.metrics import ServiceMetrics, ood_buckets
+
+
+def test_rolling_accuracy_window():
+    acc = RollingAccuracy(window=3)
+    for ok in (False, False, True, True, True):
+        acc.add("A", ok)
+    acc.add("B", False)
+    assert acc.values() == {"A": (1.0, 3), "B": (0.0, 1)}
+    acc.add("A", False)
+    assert acc.values()["A"] == (pytest.approx(2 / 3), 3)
+    with pytest.raises(ValueError):
+        RollingAccuracy(window=0)
+
+
+def test_ood_buckets_straddle_threshold_for_any_sign():
+    for thr in (-0.27, 0.39, 2801.7, 0.0):
+        b = ood_buckets(thr)
+        assert list(b) == sorted(b) and len(set(b)) == len(b)
+        assert min(b) < thr <= max(b) and thr in b
+
+
+def test_metrics_text():
+    reg = CollectorRegistry()
+    acc = RollingAccuracy(10)
+    m = ServiceMetrics(reg, ood_threshold=0.4, bundle_info={"version": "abc", "n_skus": "2"},
+                       queue_depth=lambda: {"verify": 3}, accuracy=acc)
+    m.record_recognition("A", "verify", 0.1)
+    m.record_recognition("A", "verify", 0.2)
+    m.record_outcome("A", True)
+    m.record_outcome("A", False)
+    text = generate_latest(reg).decode()
+    assert 'skuscale_recognitions_total{band="verify",sku="A"} 2.0' in text
+    assert 'skuscale_feedback_total{outcome="correct",sku="A"} 1.0' in text
+    assert 'skuscale_feedback_total{outcome="incorrect",sku="A"} 1.0' in text
+    assert 'skuscale_sku_accuracy{sku="A"} 0.5' in text
+    assert 'skuscale_review_queue_depth{band="verify"} 3.0' in text
+    assert 'skuscale_review_queue_depth{band="unknown"} 0.0' in text
+    assert 'skuscale_bundle_info{n_skus="2",version="abc"} 1.0' in text
+    assert 'skuscale_ood_score_count{band="verify"} 2.0' in text
+
+
+def test_scrape_survives_a_failing_queue_query():
+    def broken():
+        raise RuntimeError("database away")
+
+    reg = CollectorRegistry()
+    ServiceMetrics(reg, ood_threshold=1.0, bundle_info={}, queue_depth=broken, accuracy=RollingAccuracy())
+    assert 'skuscale_review_queue_depth{band="verify"} 0.0' in generate_latest(reg).decode()

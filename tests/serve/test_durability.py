@@ -1,0 +1,126 @@
+"""kill -9 during load, restart: every resolution and enrolment answered 200 is still there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serve.conftest import DEVICE_TOKEN, REVIEWER_TOKEN, TOKENS, _free_port, held_out_paths, image_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def spawn(serve_bundle, data_dir, port, db_config) -> subprocess.Popen:
+    env = {**os.environ, "SKUSCALE_TOKENS": json.dumps(TOKENS), "SKUSCALE_WEBHOOK_WORKERS": "false"}
+    if db_config.get("db_schema"):
+        env["SKUSCALE_DB_SCHEMA"] = db_config["db_schema"]
+    cmd = [sys.executable, "-m", "skuscale.cli.main", "serve", str(serve_bundle["bundle"]), "--port", str(port),
+           "--data-dir", str(data_dir), "--log-level", "warning"]
+    if db_config.get("db_url"):
+        cmd += ["--db", db_config["db_url"]]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def test_kill_9_loses_no_answered_resolution_or_enrolment(serve_bundle, tmp_path, db_config):
+    data_dir, port = tmp_path / "data", _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(serve_bundle, data_dir, port, db_config)
+    auth = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
+    dev_auth = {"Authorization": f"Bearer {DEVICE_TOKEN}"}
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            blobs = [image_bytes("val", s, i) for s in ("Banana", "Red-Beet", "Pink-Lady") for i in range(3)]
+            events = []
+            for _ in range(3):
+                r = c.post("/v1/recognize/batch", headers=dev_auth, files=[("files", ("x.jpg", b)) for b in blobs])
+                events += r.json()["events"]
+        answered_resolutions: dict[str, str] = {}
+        answered_enrolments: list[str] = []
+        killed = threading.Event()
+        lock = threading.Lock()
+        ref = held_out_paths("reference")[0].read_bytes()
+
+        def resolver(chunk):
+            with httpx.Client(base_url=url, timeout=30, headers=auth) as c:
+                for ev in chunk:
+                    try:
+                        r = c.post(f"/v1/review/{ev['event_id']}/resolve", json={"decision": "sku", "sku": "Banana"})
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 200:
+                        with lock:
+                            answered_resolutions[ev["event_id"]] = "Banana"
+
+        def enroller():
+            with httpx.Client(base_url=url, timeout=30, headers=auth) as c:
+                for k in range(50):
+                    try:
+                        r = c.post("/v1/catalogue/enrol", data={"sku": f"New-{k}"}, files={"files": ("a.jpg", ref)})
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 200:
+                        with lock:
+                            answered_enrolments.append(f"New-{k}")
+
+        def recognizer():
+            with httpx.Client(base_url=url, timeout=30, headers=dev_auth) as c:
+                while not killed.is_set():
+                    try:
+                        c.post("/v1/recognize", files={"file": ("x.jpg", blobs[0])})
+                    except httpx.HTTPError:
+                        return
+
+        threads = [threading.Thread(target=resolver, args=(events[i::3],)) for i in range(3)]
+        threads += [threading.Thread(target=enroller), threading.Thread(target=recognizer)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if len(answered_resolutions) >= len(events) // 2 and answered_enrolments:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed.set()
+        for t in threads:
+            t.join(30)
+        assert answered_resolutions and answered_enrolments
+        assert len(answered_resolutions) < len(events)  # the kill really happened mid-load
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    proc = spawn(serve_bundle, data_dir, port, db_config)
+    try:
+        with httpx.Client(base_url=url, timeout=30, headers=auth) as c:
+            for eid, sku in answered_resolutions.items():
+                ev = c.get(f"/v1/events/{eid}").json()
+                assert ev["status"] == "final" and ev["final_sku"] == sku
+            catalogue = {s["sku"]: s["enrolled"] for s in c.get("/v1/catalogue").json()["skus"]}
+            assert all(catalogue.get(sku) is True for sku in answered_enrolments)
+            assert c.get("/readyz").status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,103 @@
+"""Service pieces without HTTP: enrolment into a model, image store, token checks, migrations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from skuscale.head.linear import LinearHead
+from skuscale.head.prototypes import PrototypeHead
+from skuscale.model import RecognitionModel
+from skuscale.ood.detectors import (
+    KNNCosineDetector,
+    MahalanobisDetector,
+    MaxSoftmaxDetector,
+    PrototypeCosineDetector,
+)
+from skuscale.routing import Router
+from skuscale.routing.thresholds import ThresholdTable
+from skuscale.serve.auth import identify
+from skuscale.serve.db import make_engine, migrate
+from skuscale.serve.images import ImageStore
+from skuscale.serve.recognizer import enrol_into_model
+from skuscale.serve.settings import hash_token
+
+
+def _toy(detector_cls, seed=0):
+    rng = np.random.default_rng(seed)
+    d, centres = 16, np.eye(16)[:3] * 4 + 1.0  # a shared component, as real embeddings have
+    X = np.vstack([c + rng.normal(0, 0.3, (20, d)) for c in centres]).astype(np.float32)
+    y = np.repeat(["a", "b", "c"], 20)
+    head = LinearHead(C=10.0).fit(X, y)
+    det = MaxSoftmaxDetector.from_head(head) if detector_cls is MaxSoftmaxDetector else detector_cls().fit(X, y)
+    if detector_cls is MaxSoftmaxDetector:
+        det = MaxSoftmaxDetector.from_head(LinearHead(C=10.0).fit(X, y))  # an equal copy, as after Bundle.load
+    table = ThresholdTable(per_sku={"a": 0.9}, source={"a": "sku"}, per_category={"fruit": 0.7}, global_=0.8,
+                           target_precision=0.99, min_support=20)
+    router = Router(skus=["a", "b", "c"], sku_to_category={"a": "fruit"}, sku_thresholds=table,
+                    ood_threshold=-0.5 if detector_cls is MaxSoftmaxDetector else 2 * float(det.score_samples(X).max()))
+    model = RecognitionModel(head=head, temperature=1.0, prototypes=PrototypeHead().fit(X, y), detector=det,
+                             router=router, sku_to_category={"a": "fruit"})
+    new = (np.eye(16)[5] * 4 + 1.0 + rng.normal(0, 0.3, (24, d))).astype(np.float32)
+    return model, new
+
+
+@pytest.mark.parametrize("detector_cls", [MaxSoftmaxDetector, PrototypeCosineDetector, KNNCosineDetector,
+                                          MahalanobisDetector])
+def test_enrolment_makes_new_sku_recognisable(detector_cls):
+    model, new = _toy(detector_cls)
+    before = model.decide(new[12:])
+    assert all(d.sku != "z" for d in before)
+    enrol_into_model(model, "z", new[:12], "fruit")
+    assert model.skus == ["a", "b", "c", "z"] and model.router.skus == model.skus
+    assert model.router.sku_thresholds.threshold_for("z") == 0.7  # category back-off
+    after = model.decide(new[12:])
+    assert all(d.sku == "z" for d in after)
+    assert sum(d.band == "accept" for d in after) >= 10, [(d.band, d.confidence) for d in after]
+    if detector_cls is MaxSoftmaxDetector:
+        assert model.detector.head_ is model.head
+
+
+def test_enrolment_threshold_global_and_configured():
+    model, new = _toy(PrototypeCosineDetector)
+    enrol_into_model(model, "z", new[:6], None)
+    assert model.router.sku_thresholds.threshold_for("z") == 0.8
+    enrol_into_model(model, "y", new[:6], "fruit", threshold=0.95)
+    assert model.router.sku_thresholds.threshold_for("y") == 0.95
+
+
+def test_image_store_is_content_addressed(tmp_path):
+    store = ImageStore(tmp_path)
+    sha = store.put(b"abc")
+    assert sha == store.put(b"abc") and store.get(sha) == b"abc"
+    assert store.path(sha).parent.name == sha[:2]
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
+
+
+def test_identify_tokens():
+    hashes = {hash_token("t-dev"): "device", hash_token("t-rev"): "reviewer"}
+    assert identify("t-dev", hashes)[0] == "device"
+    assert identify("t-rev", hashes)[0] == "reviewer"
+    assert identify("t-other", hashes) is None and identify(None, hashes) is None and identify("", hashes) is None
+
+
+def test_migrations_are_idempotent(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+        tables = set(sa.inspect(conn).get_table_names())
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    assert {"events", "images", "feedback", "enrolments", "webhooks", "outbox"} <= tables
+
+
+def test_serving_path_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, skuscale.serve.app, skuscale.cli.serve, skuscale.client; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
