@@ -104,7 +104,7 @@ def _synthetic_rows(real: np.ndarray, n: int, rng) -> np.ndarray:
 
 
 def scale_part(bundle: Bundle, X_train, X_val, y_val, sizes, dim: int, precision: str, approximate_above: int,
-               nprobe: int, repeats: int) -> list[dict]:
+               nprobe: int, ood_nprobe: int, repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     model = bundle.model
     head = model.head
@@ -122,7 +122,7 @@ def scale_part(bundle: Bundle, X_train, X_val, y_val, sizes, dim: int, precision
         opts = {"dim": dim, "precision": precision, "approximate_above": approximate_above, "nprobe": nprobe}
         stage = ScalableDecisionStage(
             head=ClassTable(**opts).fit(W, b, basis=basis),
-            prototypes=ClassTable(**opts).fit(P, None, basis=basis),
+            prototypes=ClassTable(**{**opts, "nprobe": ood_nprobe}).fit(P, None, basis=basis),
             temperature=model.temperature,
             sku_thresholds=np.concatenate([model.router.sku_threshold_vector(), np.full(extra, 0.99)]),
             ood_threshold=model.router.ood_threshold,
@@ -161,8 +161,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--precision", default="int8")
-    parser.add_argument("--approximate-above", type=int, default=20000)
-    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--approximate-above", type=int, default=10000)
+    parser.add_argument("--nprobe", type=int, default=128)
+    parser.add_argument("--ood-nprobe", type=int, default=32)
+    parser.add_argument("--parts", nargs="+", default=["routing", "heldout", "scale"])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     bundle = Bundle.load(args.bundle)
@@ -177,19 +179,22 @@ def main() -> None:
         "bundle": str(args.bundle),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "routing": routing_part(bundle, X_train, X_val, y_val),
-        "heldout": heldout_part(X_train, y_train, X_val, y_val, head_params),
-        "scale": scale_part(bundle, X_train, X_val, y_val, args.sizes, args.dim, args.precision,
-                            args.approximate_above, args.nprobe, args.repeats),
     }
+    if "routing" in args.parts:
+        report["routing"] = routing_part(bundle, X_train, X_val, y_val)
+    if "heldout" in args.parts:
+        report["heldout"] = heldout_part(X_train, y_train, X_val, y_val, head_params)
+    if "scale" in args.parts:
+        report["scale"] = scale_part(bundle, X_train, X_val, y_val, args.sizes, args.dim, args.precision,
+                                     args.approximate_above, args.nprobe, args.ood_nprobe, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"{'dim':>5} {'prec':>5} {'MB':>7} {'band agr':>9} {'top-1 after':>12} {'top-1 up front':>15}")
-    for r, h in zip(report["routing"], report["heldout"], strict=True):
+    for r, h in zip(report.get("routing", []), report.get("heldout", []), strict=True):
         print(f"{r['dim']:>5} {r['precision']:>5} {r['table_bytes'] / 2**20:>7.2f} {r['band_agreement']:>9.3f} "
               f"{h['top1_after_the_fact']:>12.3f} {h['top1_up_front']:>15.3f}")
     print(f"\n{'SKUs':>7} {'MB':>7} {'faiss':>6} {'ms/img b1':>10} {'ms/img b32':>11} {'recall':>7}")
-    for s in report["scale"]:
+    for s in report.get("scale", []):
         print(f"{s['n_skus']:>7} {s['table_mb']:>7.1f} {s['approximate']!s:>6} {s['ms_per_image_batch1_p50']:>10.3f} "
               f"{s['ms_per_image_batch32_p50']:>11.3f} {s.get('faiss_top1_recall', float('nan')):>7.3f}")
 

@@ -288,3 +288,19 @@ def test_default_credible_bound_is_never_looser_than_the_posterior_mean():
     assert bound_rule.global_ > mean_rule.global_
     for sku in kwargs["skus"]:
         assert bound_rule.per_sku[sku] >= mean_rule.per_sku[sku]
+
+
+def test_large_inputs_use_a_bounded_grid_of_observed_confidences(monkeypatch):
+    import skuscale.routing.thresholds as th
+
+    rng = np.random.default_rng(5)
+    conf = rng.uniform(0.5, 1.0, 5000)
+    correct = rng.uniform(size=5000) < conf
+    pred = rng.choice(["a", "b"], 5000)
+    full = fit_thresholds(conf, pred, correct, skus=["a", "b"], sku_to_category={}, target_precision=0.95)
+    monkeypatch.setattr(th, "_MAX_GRID", 64)
+    coarse = fit_thresholds(conf, pred, correct, skus=["a", "b"], sku_to_category={}, target_precision=0.95)
+    assert coarse.global_ in set(conf.tolist())
+    # A coarser grid can only move a threshold up to the next candidate, never below the fine answer.
+    assert coarse.global_ >= full.global_
+    assert coarse.global_ - full.global_ < 0.02

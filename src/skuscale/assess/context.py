@@ -66,7 +66,7 @@ class AssessmentContext:
     val_X, val_y : ndarray, optional
         Validation embeddings and labels.
     val_seen_in_training : bool
-        Whether the bundle was fitted on (some of) the validation images.
+        Whether the bundle was trained or calibrated on (some of) the validation images.
     training_config : TrainingConfig
         The bundle's head settings, used when a check refits a head.
     ood_flag_rate : float
@@ -168,9 +168,9 @@ def heldout_predictions(ctx: AssessmentContext, *, n_folds: int = 5) -> HeldoutP
         folds = blocked_folds(y_true, 2, rng)
         probs = _crossfit_temperature(logits, np.searchsorted(catalogue, y_true), folds)
         source = (
-            "validation images, predicted by a head refitted on the training images only (the bundle was built "
-            "on the validation images, so its own predictions would be in-sample); temperature cross-fitted "
-            "over 2 folds of the validation images"
+            "validation images, predicted by a head refitted on the training images only (the bundle was trained "
+            "or calibrated on the validation images, so its own predictions would be in-sample); temperature "
+            "cross-fitted over 2 folds of the validation images"
         )
     else:
         ctx.say(f"cross-validating the head over {n_folds} folds of the training images")
@@ -194,6 +194,13 @@ def heldout_predictions(ctx: AssessmentContext, *, n_folds: int = 5) -> HeldoutP
         confidence=np.minimum(probs.max(axis=1), 1.0),
         source=source,
     )
+
+
+def _image_roles(bundle: Bundle, blobs: list[bytes]) -> np.ndarray:
+    """2 = the bundle's head trained on the image, 1 = it only calibrated the bundle, 0 = unseen."""
+    if hasattr(bundle, "image_roles"):
+        return np.asarray(bundle.image_roles(blobs))
+    return bundle.seen_in_training(blobs).astype(np.int8) * 2
 
 
 def training_config_of(bundle: Bundle) -> TrainingConfig:
@@ -276,16 +283,21 @@ def load_context(
             raise SkuscaleError(f"{source}: no images of SKUs in the bundle's catalogue")
         advance = embed_progress(len(ds), label) if embed_progress else None
         X = bundle.embed_paths(ds.paths, cache=cache, progress=advance)
-        blobs_seen = bundle.seen_in_training([p.read_bytes() for p in ds.paths]) if label == "val" else None
-        parts[label] = (X, ds.labels.astype(str), blobs_seen)
+        roles = _image_roles(bundle, [p.read_bytes() for p in ds.paths]) if label == "val" else None
+        parts[label] = (X, ds.labels.astype(str), roles)
     train_X, train_y, _ = parts["train"]
     val_X = val_y = None
     val_seen = False
     if "val" in parts:
-        val_X, val_y, seen = parts["val"]
-        val_seen = bool(seen.any())
-        if val_seen:
-            notes.append(f"the bundle was built on {int(seen.sum())} of the {seen.size} validation images")
+        val_X, val_y, roles = parts["val"]
+        # Trained on (2) or only calibrated on (1): either way its own predictions there are in-sample.
+        val_seen = bool((roles > 0).any())
+        if (roles == 2).any():
+            notes.append(f"the bundle's head was trained on {int((roles == 2).sum())} of the {roles.size} "
+                         "validation images")
+        if (roles == 1).any():
+            notes.append(f"the bundle was calibrated (temperature, thresholds) on {int((roles == 1).sum())} of the "
+                         f"{roles.size} validation images")
         n_val_skus = len(set(val_y))
         if n_val_skus < len(catalogue):
             notes.append(f"the validation images cover {n_val_skus} of the {len(catalogue)} catalogue SKUs: per-SKU "
@@ -299,6 +311,58 @@ def load_context(
     return AssessmentContext(
         model=bundle.model, train_X=train_X, train_y=train_y, val_X=val_X, val_y=val_y,
         val_seen_in_training=val_seen, training_config=training_config_of(bundle), ood_flag_rate=float(flag_rate),
+        catalogue_log=Path(catalogue_log) if catalogue_log is not None else None, device_profile=device,
+        bundle=bundle, unknown_object_loop=unknown_object_loop or bool(bundle.metadata.get("unknown_object_loop")),
+        seed=seed, notes=notes, say=say,
+    )
+
+
+def load_context_from_embeddings(
+    bundle_dir: str | os.PathLike,
+    embeddings: str | os.PathLike,
+    *,
+    device: DeviceProfile | None = None,
+    catalogue_log: str | os.PathLike | None = None,
+    unknown_object_loop: bool = False,
+    seed: int = 0,
+    say: Say | None = None,
+) -> AssessmentContext:
+    """A context from an embedding file (``train`` and ``val`` rows), e.g. a simulated catalogue.
+
+    Simulated data is named as such in the report's notes.
+    """
+    from skuscale.bundle import Bundle
+    from skuscale.data.embeddings import load_embeddings
+    from skuscale.exceptions import SkuscaleError
+
+    say = say or (lambda _msg: None)
+    say(f"loading bundle {bundle_dir}")
+    bundle = Bundle.load(bundle_dir)
+    if catalogue_log is not None and not Path(catalogue_log).is_file():
+        raise SkuscaleError(f"catalogue log {catalogue_log} does not exist")
+    say(f"reading embeddings {embeddings}")
+    data = load_embeddings(embeddings)
+    if data.X.shape[1] != bundle.model.head.n_features_in_:
+        raise SkuscaleError(
+            f"{embeddings} holds {data.X.shape[1]}-d embeddings; the bundle expects {bundle.model.head.n_features_in_}"
+        )
+    catalogue = sorted(bundle.skus)
+    data = data.select(np.isin(data.sku, catalogue))
+    train, val = data.part("train"), data.part("val")
+    if len(train) == 0:
+        raise SkuscaleError(f"{embeddings}: no training rows of SKUs in the bundle's catalogue")
+    notes = []
+    if data.simulated:
+        notes.append("SIMULATED data: this report describes a simulated catalogue, not real photos")
+    if data.split is not None and len(val):
+        notes.append("validation rows of the embedding file were used as held-out predictions")
+    flag_rate = bundle.metadata.get("targets", {}).get("ood_flag_rate", 0.05)
+    return AssessmentContext(
+        model=bundle.model, train_X=train.X, train_y=train.sku,
+        val_X=val.X if len(val) else None, val_y=val.sku if len(val) else None,
+        # An embedding bundle's validation rows calibrated it when present.
+        val_seen_in_training=bool(len(val)) and bundle.metadata.get("training", {}).get("embeddings") is not None,
+        training_config=training_config_of(bundle), ood_flag_rate=float(flag_rate),
         catalogue_log=Path(catalogue_log) if catalogue_log is not None else None, device_profile=device,
         bundle=bundle, unknown_object_loop=unknown_object_loop or bool(bundle.metadata.get("unknown_object_loop")),
         seed=seed, notes=notes, say=say,

@@ -63,8 +63,10 @@ class MemoryHeadroomCheck(Check):
     def missing_inputs(self, ctx):
         if ctx.device_profile is None:
             return "no --device profile given"
-        if ctx.bundle is None:
+        if ctx.bundle is None or ctx.bundle.root is None:
             return "no bundle folder to measure"
+        if not ctx.bundle.backbone.get("onnx"):
+            return "the bundle has no ONNX image backbone to measure"
         try:
             import onnx  # noqa: F401
         except ImportError:

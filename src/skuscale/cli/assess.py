@@ -17,8 +17,11 @@ STATUS_STYLE = {"pass": "green", "fail": "bold red", "skipped": "dim", "error": 
 
 def assess(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    train: Annotated[Path, typer.Option(help="Training manifest or image folder the bundle was built from.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json and report.html.")],
+    train: Annotated[Path | None, typer.Option(
+        help="Training manifest or image folder the bundle was built from.")] = None,
+    embeddings: Annotated[Path | None, typer.Option(
+        help="An embedding file (train/val rows) instead of images, e.g. from skuscale simulate.")] = None,
     val: Annotated[Path | None, typer.Option(help="Validation manifest (photos from other sessions).")] = None,
     device: Annotated[str | None, typer.Option(
         help="Device profile: smart-cart, shelf-camera, handheld, or a YAML file.")] = None,
@@ -29,7 +32,7 @@ def assess(
 ) -> None:
     """Readiness checks with a go/no-go verdict: exit 0 all pass, 1 a check failed or errored, 2 bad usage."""
     from skuscale.assess.config import load_config
-    from skuscale.assess.context import load_context
+    from skuscale.assess.context import load_context, load_context_from_embeddings
     from skuscale.assess.html import fmt_threshold, fmt_value
     from skuscale.assess.profiles import load_profile
     from skuscale.assess.report import run_assessment, write_report
@@ -42,6 +45,10 @@ def assess(
         err.print(f"[bold red]error:[/] {message}", highlight=False)
         raise typer.Exit(2)
 
+    if (train is None) == (embeddings is None):
+        usage_error("give exactly one of --train (images) or --embeddings (an embedding file)")
+    if embeddings is not None and val is not None:
+        usage_error("--val applies to images; an embedding file carries its own split column")
     try:
         cfg = load_config(config)
         profile = load_profile(device) if device else None
@@ -55,11 +62,16 @@ def assess(
         return lambda n: bars.advance(task, n)
 
     try:
-        with bars:
-            ctx = load_context(
-                bundle, train, val=val, device=profile, catalogue_log=catalogue_log, cache_dir=cache_dir,
-                seed=cfg.seed, say=err.log, embed_progress=embed_progress,
+        if embeddings is not None:
+            ctx = load_context_from_embeddings(
+                bundle, embeddings, device=profile, catalogue_log=catalogue_log, seed=cfg.seed, say=err.log
             )
+        else:
+            with bars:
+                ctx = load_context(
+                    bundle, train, val=val, device=profile, catalogue_log=catalogue_log, cache_dir=cache_dir,
+                    seed=cfg.seed, say=err.log, embed_progress=embed_progress,
+                )
     except SkuscaleError as exc:
         usage_error(str(exc))
 
@@ -70,7 +82,8 @@ def assess(
 
     report = run_assessment(
         ctx, cfg, on_result=on_result,
-        inputs={"bundle": str(bundle), "train": str(train), "val": str(val) if val else None,
+        inputs={"bundle": str(bundle), "train": str(train) if train else None,
+                "embeddings": str(embeddings) if embeddings else None, "val": str(val) if val else None,
                 "device": profile.source if profile else None,
                 "catalogue_log": str(catalogue_log) if catalogue_log else None,
                 "config": str(config) if config else None},

@@ -96,7 +96,7 @@ def forecast(
         _fail(str(exc))
     at = result["at_target"]
     sim = " [bold yellow](SIMULATED)[/]" if result["simulated"] else ""
-    table = Table("", "value", title=f"forecast {result['n_skus']} → {to} SKUs{sim}")
+    table = Table("", "value", title=f"forecast at {to} SKUs (data: {result['n_skus']} SKUs){sim}")
     table.add_row("top-1", f"{at['top1']:.1%}  (10-90%: {at['top1_lo']:.1%} – {at['top1_hi']:.1%})")
     table.add_row(f"automation at {target_precision:.2f} precision", f"{at['automation']:.1%}")
     table.add_row("ECE", f"{at['ece']:.3f}")

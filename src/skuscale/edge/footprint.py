@@ -113,7 +113,7 @@ def session_rss_delta(path: str | os.PathLike, *, batch: int = 1, threads: int =
 
 
 def class_table_bytes_for(n_skus: int, embedding_dim: int, *, dim: int | None = None, precision: str = "fp32",
-                          prototype_table: bool = True, approximate_above: int = 20000) -> int:
+                          prototype_table: bool = True, approximate_above: int = 10000) -> int:
     """Bytes of the class tables of an ``n_skus`` catalogue under one table setting.
 
     A head table, a prototype table when the OOD detector keeps one, float32 per-SKU
@@ -184,7 +184,7 @@ def size_for_device(
     *,
     min_headroom: float = 0.20,
     prototype_table: bool = True,
-    approximate_above: int = 20000,
+    approximate_above: int = 10000,
     table_settings: Sequence[tuple[int | None, str]] = TABLE_SETTINGS,
 ) -> tuple[SizingChoice, list[SizingChoice]]:
     """The most accurate configuration whose footprint leaves ``min_headroom`` on the lowest tier.

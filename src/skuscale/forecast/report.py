@@ -87,9 +87,10 @@ def render_html(result: dict) -> str:
     stats = result["statistics"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>skuscale forecast</title>
 <style>{PAGE_STYLE}</style></head><body>
-<h1>Accuracy forecast: {result['n_skus']} → {result['to']} SKUs</h1>
+<h1>Accuracy forecast at {result['to']} SKUs</h1>
 {SIMULATED_BANNER if result.get('simulated') else ''}
-<p>Data: {html.escape(str(result['source']))} ({result['n_eval_images']} evaluation images, {result['evaluation']}).
+<p>Data: {html.escape(str(result['source']))}: {result['n_skus']} SKUs, {result['n_eval_images']} evaluation images
+({result['evaluation']}).
 Proxy classifier: {html.escape(result['proxy']['classifier'])}. Model fitted on sub-catalogues of at most
 {result['fit_max_size']} SKUs; extrapolation ×{result['extrapolation_factor']:.2f}.</p>
 <table><tr><th>at {result['to']} SKUs</th><th>forecast</th><th>10-90% band</th></tr>
@@ -99,7 +100,8 @@ Proxy classifier: {html.escape(result['proxy']['classifier'])}. Model fitted on 
 <h2>Where the loss comes from at {result['to']} SKUs</h2>
 <table><tr><th>axis</th><th>top-1 points lost</th></tr>
 <tr><td>similarity (crowding, near-duplicates)</td><td>{100 * loss['similarity']:.1f}</td></tr>
-<tr><td>imbalance (SKUs below the median of {result['attribution']['median_train_count']:.0f} images)</td>
+<tr><td>imbalance (against SKUs with more than the median {result['attribution']['median_train_count']:.0f} images)
+</td>
 <td>{100 * loss['imbalance']:.1f}</td></tr>
 <tr><td>unknown products (share of traffic)</td><td>{100 * loss['unknowns']:.1f}</td></tr></table>
 <p><b>Dominant axis: {result['dominant_axis']}</b></p>

@@ -107,6 +107,9 @@ __all__ = [
 #: Threshold meaning "never auto-accept": above any probability, and JSON-able.
 NEVER_ACCEPT = 1.01
 
+# Most candidate thresholds the shrinkage rule evaluates per group.
+_MAX_GRID = 1024
+
 #: Threshold-fitting rules.
 METHODS = ("shrinkage", "clopper_pearson")
 
@@ -496,6 +499,10 @@ def _fit_shrinkage(
     level: float,
 ) -> ThresholdTable:
     grid = np.unique(conf)
+    if grid.size > _MAX_GRID:
+        # Candidate thresholds at confidence quantiles: every value is still an observed
+        # confidence, and large catalogues don't pay a Beta quantile per row per SKU.
+        grid = np.unique(np.quantile(conf, np.linspace(0.0, 1.0, _MAX_GRID), method="inverted_cdf"))
     if grid.size == 0:
         never = dict.fromkeys(sku_list, NEVER_ACCEPT)
         cats = sorted(set(cat_of.values()))

@@ -316,6 +316,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     @app.post("/v1/review/{event_id}/resolve", tags=["review"])
     def resolve(event_id: str, body: ResolveBody, who: Annotated[str, Depends(reviewer)]) -> dict:
         """Record a reviewer's answer. 422: SKU not in the catalogue; 409: already final."""
+        sync_enrolments()  # a SKU enrolled through another worker process is in the catalogue too
         catalogue = set(recognizer.skus)
         final_sku, proposed = None, None
         if body.decision == "sku":
