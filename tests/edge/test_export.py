@@ -15,6 +15,7 @@ from skuscale.data import load_dataset
 from skuscale.data.images import load_image
 from skuscale.data.preprocess import preprocess_batch
 from skuscale.edge.pipeline import PIPELINE_FILE, PipelineRunner, agreement, python_outputs
+from skuscale.edge.quantize import quantization_section
 
 pytest.importorskip("onnx")
 runner = CliRunner()
@@ -111,7 +112,7 @@ def test_int8_export_keeps_band_agreement(int8_export, bundle_dir, real_paths):
     assert report["sku_agreement"] >= 0.95, report
 
 
-def test_int8_report_has_per_sku_table(int8_export, small_real):
+def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):
     _, doc = int8_export
     q = doc["quantization"]
     rows = q["impact"]["per_sku"]
@@ -122,6 +123,11 @@ def test_int8_report_has_per_sku_table(int8_export, small_real):
     assert q["impact"]["deciles"]["bottom"]["skus"]
     assert q["thresholds"]["method"] == "verified"
     assert q["calibration"]["n_images"] == 3 * len(small_real["skus"])
+    section = quantization_section(Bundle.load(int8_export[0]))
+    changes = [r["top1_change_points"] or 0.0 for r in section["per_sku"]]
+    assert changes == sorted(changes)  # worst SKU first
+    assert section["thresholds"] == q["thresholds"]
+    assert quantization_section(Bundle.load(bundle_dir)) is None
 
 
 def test_export_refuses_same_folder(bundle_dir):
