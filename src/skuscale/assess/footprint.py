@@ -189,7 +189,17 @@ def bundle_footprint(bundle) -> Footprint:
     """:class:`Footprint` of a loaded bundle (its ONNX backbone and its decision stack)."""
     if bundle.root is None:
         raise ValueError("the bundle has no folder; load it from disk")
-    weights, peak = onnx_weights_and_activations(bundle.root / bundle.backbone["onnx"])
+    if not bundle.backbone.get("onnx"):
+        raise ValueError("the bundle was built from embeddings and has no image backbone to size")
+    onnx_path = bundle.root / bundle.backbone["onnx"]
+    if bundle.metadata.get("quantization"):
+        # A QDQ graph stores float activations between Quantize/Dequantize pairs; only the
+        # graph ONNX Runtime fuses and runs has the INT8 sizes a device pays for.
+        from skuscale.edge.footprint import runtime_weights_and_activations
+
+        weights, peak = runtime_weights_and_activations(onnx_path)
+    else:
+        weights, peak = onnx_weights_and_activations(onnx_path)
     parts, per_sku = class_table_bytes(bundle.model)
     return Footprint(weights_bytes=weights, activation_peak_bytes=peak, class_table_bytes=sum(parts.values()),
                      class_table_parts=parts, per_sku_bytes=per_sku, n_skus=len(bundle.model.skus))

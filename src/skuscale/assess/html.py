@@ -147,6 +147,50 @@ def _tail_section(tail: dict[str, Any]) -> str:
             f"{tail['top1_gap']:+.1%}.</p><div class='side'>" + "".join(parts) + "</div>" + fig)
 
 
+def _quantization_section(q: dict[str, Any] | None) -> str:
+    if not q:
+        return ""
+    if "error" in q:
+        return f"<h2>Quantisation (INT8)</h2><p>{escape(q['error'])}</p>"
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
+    def pts(v):
+        return "-" if v is None else f"{v:+.1f}"
+
+    o = q["overall"]
+    overall = "".join(
+        f"<tr><th>{label}</th><td class='num'>{pct(o.get(key + '_fp32'))}</td>"
+        f"<td class='num'>{pct(o.get(key + '_int8'))}</td>"
+        f"<td class='num'>{pts(o.get(key + '_change_points'))}</td></tr>"
+        for label, key in (("top-1", "top1"), ("automation", "automation"), ("auto-accept precision", "auto_precision"))
+    )
+    deciles = "".join(
+        f"<tr><th>{escape(name)} decile by training images ({escape(', '.join(d['skus']))})</th>"
+        f"<td class='num'>{pct(d['mean_top1_fp32'])}</td><td class='num'>{pct(d['mean_top1_int8'])}</td>"
+        f"<td class='num'>{pts(d['top1_change_points'])}</td></tr>"
+        for name, d in q["deciles"].items()
+    )
+    rows = "".join(
+        f"<tr{' class=flag' if r['flagged'] else ''}><td>{escape(r['sku'])}</td><td class='num'>{r['n']}</td>"
+        f"<td class='num'>{r['train_count']}</td><td class='num'>{pct(r['top1_fp32'])}</td>"
+        f"<td class='num'>{pct(r['top1_int8'])}</td><td class='num'>{pts(r['top1_change_points'])}</td>"
+        f"<td class='num'>{pts(r['automation_change_points'])}</td><td>{escape(', '.join(r['flag_reasons']))}</td></tr>"
+        for r in q["per_sku"]
+    )
+    flagged = ", ".join(q["flagged"]) or "none"
+    return (
+        "<h2>Quantisation (INT8)</h2>"
+        f"<p>{escape(str(q['method']))}; SKUs losing more than {q['flag_points']} points: {escape(flagged)}.</p>"
+        "<table><thead><tr><th></th><th>fp32</th><th>INT8</th><th>change (points)</th></tr></thead>"
+        f"<tbody>{overall}{deciles}</tbody></table>"
+        "<details><summary>per SKU (worst top-1 change first)</summary><table><thead><tr><th>SKU</th><th>images</th>"
+        "<th>training images</th><th>top-1 fp32</th><th>top-1 INT8</th><th>top-1 change</th>"
+        f"<th>automation change</th><th>flags</th></tr></thead><tbody>{rows}</tbody></table></details>"
+    )
+
+
 def render_html(report: dict[str, Any], *, figures: bool = True) -> str:
     """The report as a single HTML document with no external references."""
     registered_checks()  # make sure every check class is registered (their figures are drawn here)
@@ -204,6 +248,7 @@ def render_html(report: dict[str, Any], *, figures: bool = True) -> str:
 thresholds (or past them) at the same time.</p>
 {f"<ul>{risks}</ul>" if risks else "<p>None.</p>"}
 <h2>Tail view</h2>{_tail_section(report['tail_view'])}
+{_quantization_section(report.get('quantization'))}
 {''.join(sections)}
 </body></html>
 """

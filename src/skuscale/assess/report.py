@@ -209,11 +209,24 @@ def run_assessment(ctx: AssessmentContext, config: AssessConfig | None = None, *
         "checks": [r.to_dict() for r in results],
         "coupled_risks": coupled_risks(results, margin=config.coupled_margin, train_counts=ctx.train_counts),
         "tail_view": tail,
+        "quantization": _quantization(ctx),
         "actions": [{"check": r.check, "title": r.title, "action": a} for r in results for a in r.actions],
         "counts": {s: sum(r.status == s for r in results) for s in (PASS, FAIL, SKIPPED, ERROR)},
         "seconds": time.perf_counter() - started,
     }
     return report
+
+
+def _quantization(ctx) -> dict[str, Any] | None:
+    """The fp32-vs-INT8 per-SKU impact recorded by ``skuscale export --int8``, when assessing such a bundle."""
+    if ctx.bundle is None or not ctx.bundle.metadata.get("quantization"):
+        return None
+    from skuscale.edge.quantize import quantization_section
+
+    try:
+        return quantization_section(ctx.bundle)
+    except (KeyError, TypeError) as exc:
+        return {"error": f"quantization record unreadable: {exc!r}"}
 
 
 def jsonable(value: Any) -> Any:
