@@ -59,3 +59,9 @@ def real_images(grocery) -> list[Path]:
         if len(paths) == 8:
             break
     return paths
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory) -> Path:
+    """One embedding cache for every test module that builds a bundle on the real subsets."""
+    return tmp_path_factory.mktemp("embedding-cache")

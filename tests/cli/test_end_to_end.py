@@ -18,8 +18,8 @@ UNKNOWN_SKU = "Banana"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(embedding_cache) -> Path:
+    return embedding_cache
 
 
 @pytest.fixture(scope="module")
