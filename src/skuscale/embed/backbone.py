@@ -13,6 +13,10 @@ from skuscale.data.preprocess import Preprocessing
 from skuscale.embed.onnx_embedder import file_sha256
 from skuscale.exceptions import SkuscaleError
 
+#: Share of the resized shorter side kept by the centre crop (measured, see
+#: :meth:`BackboneSpec.default_preprocessing`).
+CENTRE_CROP_FRACTION = 0.7
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -25,8 +29,14 @@ class BackboneSpec:
     dim: int = 1280
 
     def default_preprocessing(self) -> Preprocessing:
-        # Same shorter-side/crop ratio (224/256) as the ImageNet evaluation protocol.
-        return Preprocessing(image_size=self.image_size, resize_shorter=round(self.image_size * 256 / 224))
+        """Resize the shorter side, then take a centre crop of ``CENTRE_CROP_FRACTION`` of it.
+
+        Shelf and basket photos centre the product in clutter, so a tighter crop than
+        ImageNet's 224/256 pays. Linear-probe val top-1 on the Grocery Store data, by the
+        share of the shorter side kept (head on train + reference): 1.0 0.682, 0.875
+        0.743, 0.78 0.733, 0.70 0.777, 0.64 0.780, 0.56 0.753.
+        """
+        return Preprocessing(image_size=self.image_size, resize_shorter=round(self.image_size / CENTRE_CROP_FRACTION))
 
 
 BACKBONES: dict[str, BackboneSpec] = {
