@@ -55,6 +55,8 @@ class TrainingConfig:
     min_support : int or None
         Held-out predictions a SKU needs for its own threshold (else category, else
         global); None keeps :func:`skuscale.routing.fit_thresholds`' default.
+    threshold_method : {"shrinkage", "clopper_pearson"}
+        Rule of :func:`skuscale.routing.fit_thresholds`.
     final_on_calibration : bool
         Whether the final head also trains on the calibration rows (more data and
         more shooting sessions; set False to measure the head on them honestly).
@@ -71,6 +73,7 @@ class TrainingConfig:
     detectors: tuple[str, ...] = ("msp", "energy", "mahalanobis", "knn", "prototype")
     target_precision: float = 0.99
     min_support: int | None = None
+    threshold_method: str = "shrinkage"
     final_on_calibration: bool = True
     seed: int = 0
 
@@ -266,7 +269,7 @@ def fit_recognition_model(
         conf_rows.append(np.concatenate(unknown_conf)[passed])
         pred_rows.append(np.concatenate(unknown_pred)[passed])
         correct_rows.append(np.zeros(int(passed.sum()), bool))
-    threshold_kwargs: dict = {"target_precision": cfg.target_precision}
+    threshold_kwargs: dict = {"target_precision": cfg.target_precision, "method": cfg.threshold_method}
     if cfg.min_support is not None:
         threshold_kwargs["min_support"] = cfg.min_support
     sku_table = fit_thresholds(
