@@ -62,6 +62,6 @@ def real_images(grocery) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def embedding_cache(tmp_path_factory) -> Path:
+def cache_dir(tmp_path_factory) -> Path:
     """One embedding cache for every test module that builds a bundle on the real subsets."""
     return tmp_path_factory.mktemp("embedding-cache")

@@ -17,11 +17,6 @@ LOG = "date,sku,change\n" + "".join(f"2024-0{m}-10,SKU-{m}-{i},added\n" for m in
 
 
 @pytest.fixture(scope="module")
-def cache_dir(embedding_cache) -> Path:
-    return embedding_cache
-
-
-@pytest.fixture(scope="module")
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("assess-bundle") / "b"
     result = runner.invoke(app, [

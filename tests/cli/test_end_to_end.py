@@ -18,11 +18,6 @@ UNKNOWN_SKU = "Banana"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(embedding_cache) -> Path:
-    return embedding_cache
-
-
-@pytest.fixture(scope="module")
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "b"
     result = runner.invoke(app, [

@@ -22,11 +22,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def cache_dir(embedding_cache) -> Path:
-    return embedding_cache
-
-
-@pytest.fixture(scope="module")
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("edge-bundles") / "fp32"
     result = runner.invoke(app, [
