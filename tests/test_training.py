@@ -287,3 +287,20 @@ def test_final_head_can_leave_calibration_rows_out(synthetic):
     model, _ = fit_recognition_model(X, y, calibration_rows=calib, holdout=True, config=cfg)
     reference = TrainingConfig(**vars(CONFIG)).make_head().fit(X[~calib], y[~calib])
     np.testing.assert_allclose(model.head.coef_, reference.coef_, atol=1e-5)
+
+
+def test_heldout_embeddings_change_the_predictions_not_the_head(synthetic, fitted):
+    X, y, *_ = synthetic
+    model, report, _ = fitted
+    same, same_report = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG, X_heldout=X.copy())
+    assert same_report.crossval == report.crossval
+    np.testing.assert_array_equal(same.router.sku_threshold_vector(), model.router.sku_threshold_vector())
+    rng = np.random.default_rng(5)
+    noisy = (X + 2.0 * NOISE * rng.standard_normal(X.shape) / np.sqrt(D)).astype(np.float32)
+    other, other_report = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG, X_heldout=noisy)
+    # every head is still trained on X: the final head is the same ...
+    np.testing.assert_array_equal(other.head.decision_function(X), model.head.decision_function(X))
+    # ... but the held-out rows were predicted from the noisy embeddings
+    assert other_report.crossval["top1"] < report.crossval["top1"]
+    with pytest.raises(ValueError, match="X_heldout"):
+        fit_recognition_model(X, y, config=CONFIG, X_heldout=X[:, :-1])

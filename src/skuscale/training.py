@@ -147,6 +147,7 @@ def fit_recognition_model(
     holdout: bool = False,
     config: TrainingConfig | None = None,
     step: StepCallback | None = None,
+    X_heldout=None,
 ) -> tuple[RecognitionModel, TrainingReport]:
     """Fit head, temperature, OOD detector and per-SKU thresholds on embeddings.
 
@@ -168,6 +169,12 @@ def fit_recognition_model(
     config : TrainingConfig, optional
     step : callable, optional
         Receives a short message as each stage starts (for progress output).
+    X_heldout : ndarray (n, d), optional
+        Embeddings of the same images from another backbone (an INT8 one, say), used
+        wherever a row is *predicted* as held out (held-out logits, OOD scores of
+        known and held-out-SKU rows); every head and detector is still trained on
+        ``X``. Temperature, OOD cut-off and thresholds then describe a deployment
+        that runs the ``X``-trained head on ``X_heldout``-style embeddings.
 
     Returns
     -------
@@ -179,6 +186,9 @@ def fit_recognition_model(
     say = step or (lambda _msg: None)
     X, y = check_X_y(X, y)
     y = y.astype(str)
+    Xh = X if X_heldout is None else check_X_y(X_heldout, y)[0]
+    if Xh.shape != X.shape:
+        raise ValueError(f"X_heldout must have the shape of X {X.shape}, got {Xh.shape}")
     sku_to_category = dict(sku_to_category or {})
     calib = np.ones(len(y), bool) if calibration_rows is None else np.asarray(calibration_rows, bool)
     if calib.shape != y.shape or not calib.any():
@@ -200,7 +210,7 @@ def fit_recognition_model(
         test = folds == f
         if test.any():
             head = cfg.make_head().fit(X[~test], y[~test], init=final_head)
-            cv_logits[test] = _aligned_logits(head, X[test], catalogue)
+            cv_logits[test] = _aligned_logits(head, Xh[test], catalogue)
 
     say("fitting the temperature")
     scaler = TemperatureScaler().fit(cv_logits[calib], y_idx[calib])
@@ -226,12 +236,12 @@ def fit_recognition_model(
         if not known_test.any() or not unknown_test.any():
             continue
         head = cfg.make_head().fit(X[fit_rows], y[fit_rows], init=final_head)
-        probs = softmax(head.decision_function(X[unknown_test]) / temperature)
+        probs = softmax(head.decision_function(Xh[unknown_test]) / temperature)
         unknown_conf.append(probs.max(axis=1))
         unknown_pred.append(head.classes_[probs.argmax(axis=1)])
         for name in cfg.detectors:
             det = _make_fitted_detector(name, head, temperature, X[fit_rows], y[fit_rows])
-            ks, us = det.score_samples(X[known_test]), det.score_samples(X[unknown_test])
+            ks, us = det.score_samples(Xh[known_test]), det.score_samples(Xh[unknown_test])
             known_scores[name].append(ks)
             unknown_scores[name].append(us)
             fold_auroc[name].append(auroc(ks, us))

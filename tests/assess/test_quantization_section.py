@@ -56,3 +56,22 @@ def test_unreadable_record_is_reported_not_raised():
     section = _quantization(ctx)
     assert "error" in section
     assert "unreadable" in _quantization_section(section)
+
+
+def test_refitted_thresholds_are_shown_with_before_and_after():
+    refit = {"method": "int8_margin", "n_images": 810, "n_raised": 81,
+             "sku_margin": {"margin": 1.01, "quantile": 0.9, "window": 1.0, "n": 810, "n_near": 170, "basis": "near"}}
+    thresholds = {"method": "int8_margin", "passed": True, "auto_precision_int8": 0.977,
+                  "required_auto_precision": 0.961, "refit": refit,
+                  "evaluation": {"fp32": {"automation": 0.199, "auto_precision": 0.966},
+                                 "int8_fp32_thresholds": {"automation": 0.206, "auto_precision": 0.984},
+                                 "int8": {"automation": 0.149, "auto_precision": 0.977}}}
+    ctx = SimpleNamespace(bundle=SimpleNamespace(metadata={"quantization": {**RECORD, "thresholds": thresholds}}))
+    html = _quantization_section(_quantization(ctx))
+    assert "raised by 1.01 log-odds (81 SKUs)" in html
+    assert "INT8, fp32 thresholds" in html and "20.6%" in html and "14.9%" in html
+    assert "Verification passed" in html
+    kept = _quantization_section(_quantization(SimpleNamespace(bundle=SimpleNamespace(metadata={"quantization": {
+        **RECORD, "thresholds": {"method": "kept", "passed": False, "auto_precision_int8": 0.95,
+                                 "required_auto_precision": 0.965, "refit": None}}}))))
+    assert "fp32 ones, kept" in kept and "Verification FAILED" in kept

@@ -15,7 +15,8 @@ from skuscale.data import load_dataset
 from skuscale.data.images import load_image
 from skuscale.data.preprocess import preprocess_batch
 from skuscale.edge.pipeline import PIPELINE_FILE, PipelineRunner, agreement, python_outputs
-from skuscale.edge.quantize import quantization_section
+from skuscale.edge.quantize import quantization_section, raise_thresholds
+from skuscale.routing import NEVER_ACCEPT
 
 pytest.importorskip("onnx")
 runner = CliRunner()
@@ -101,10 +102,55 @@ def test_int8_export_keeps_band_agreement(int8_export, bundle_dir, real_paths):
     paths = real_paths
     batch = _batch(fp32, paths)
     graph8 = PipelineRunner(out / PIPELINE_FILE).run(batch)
-    py32 = python_outputs(fp32.model, fp32.embedder().embed_batch(batch))
+    # the INT8 graph against fp32 embeddings under the same (re-fitted) thresholds: the backbone's cost alone
+    py32 = python_outputs(edge.model, fp32.embedder().embed_batch(batch))
     report = agreement(graph8, py32)
     assert report["band_agreement"] >= 0.95, report
     assert report["sku_agreement"] >= 0.95, report
+    # the graph routes with the re-fitted thresholds, exactly as the Python stack of the edge bundle does
+    exact = agreement(graph8, python_outputs(edge.model, edge.embedder().embed_batch(batch)))
+    assert exact["band_agreement"] == 1.0 and exact["max_confidence_diff"] <= 1e-4, exact
+
+
+def test_int8_export_raises_thresholds_by_the_measured_margin(int8_export, bundle_dir):
+    out, doc = int8_export
+    th = doc["quantization"]["thresholds"]
+    refit = th["refit"]
+    assert th["method"] == "int8_margin"
+    margin = refit["sku_margin"]["margin"]
+    assert margin > 0  # INT8 moves the confidences of real images
+    assert refit["n_images"] == 60  # 10 per SKU of the six-SKU calibration manifest
+    fp32, edge = Bundle.load(bundle_dir).model.router, Bundle.load(out).model.router
+    old, new = fp32.sku_threshold_vector(), edge.sku_threshold_vector()
+    assert (new >= old).all()
+    live = old < 1.0
+    assert live.any() and (new[live] > old[live]).all()
+    np.testing.assert_allclose(new, raise_thresholds(old, margin), rtol=0, atol=1e-12)
+    assert refit["n_raised"] == int(live.sum())
+    assert refit["sku_thresholds_int8"]["n_never_accept"] == int((old >= NEVER_ACCEPT).sum())
+    assert (edge.category_threshold_vector() >= fp32.category_threshold_vector()).all()
+    # fp32, INT8 with the fp32 thresholds, and the shipped INT8 (re-fitted) on the evaluation images
+    ev = th["evaluation"]
+    assert set(ev) == {"fp32", "int8_fp32_thresholds", "int8"}
+    assert ev["int8"]["automation"] <= ev["int8_fp32_thresholds"]["automation"]
+    assert ev["int8"]["top1"] == ev["int8_fp32_thresholds"]["top1"]  # thresholds do not change the argmax
+    assert th["auto_precision_int8"] == ev["int8"]["auto_precision"]
+
+
+def test_int8_export_can_keep_the_fp32_thresholds(bundle_dir, small_real, cache_dir, tmp_path):
+    out = tmp_path / "kept"
+    report = tmp_path / "kept.json"
+    result = runner.invoke(app, [
+        "export", str(bundle_dir), "--int8", "--keep-thresholds", "--calibration", str(small_real["train"]),
+        "--calibration-per-sku", "3", "--eval", str(small_real["val"]), "--out", str(out), "--report", str(report),
+        "--cache-dir", str(cache_dir),
+    ])
+    th = json.loads(report.read_text())["quantization"]["thresholds"]
+    assert result.exit_code == (0 if th["passed"] else 1), result.output
+    assert th["method"] == "kept" and th["refit"] is None
+    assert th["evaluation"]["int8"] == th["evaluation"]["int8_fp32_thresholds"]
+    np.testing.assert_array_equal(Bundle.load(out).model.router.sku_threshold_vector(),
+                                  Bundle.load(bundle_dir).model.router.sku_threshold_vector())
 
 
 def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):
@@ -116,7 +162,7 @@ def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):
         assert {"top1_fp32", "top1_int8", "automation_fp32", "automation_int8", "auto_precision_fp32",
                 "auto_precision_int8", "flagged", "train_count"} <= set(r)
     assert q["impact"]["deciles"]["bottom"]["skus"]
-    assert q["thresholds"]["method"] == "verified"
+    assert q["thresholds"]["method"] == "int8_margin"
     assert q["calibration"]["n_images"] == 3 * len(small_real["skus"])
     section = quantization_section(Bundle.load(int8_export[0]))
     changes = [r["top1_change_points"] or 0.0 for r in section["per_sku"]]

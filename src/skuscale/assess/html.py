@@ -147,6 +147,34 @@ def _tail_section(tail: dict[str, Any]) -> str:
             f"{tail['top1_gap']:+.1%}.</p><div class='side'>" + "".join(parts) + "</div>" + fig)
 
 
+def _thresholds_note(th: Any, pct) -> str:
+    """What ``export --int8`` did to the thresholds and what it measured, for an INT8 bundle."""
+    if not isinstance(th, dict):
+        return ""
+    refit = th.get("refit")
+    if refit:
+        text = (f"Thresholds re-fitted for INT8: raised by {refit['sku_margin']['margin']:.2f} log-odds "
+                f"({refit['n_raised']} SKUs), the {refit['sku_margin']['quantile']:g} quantile of the INT8 "
+                f"confidence movement near the thresholds on {refit['n_images']} calibration images.")
+    else:
+        text = "Thresholds: the fp32 ones, kept."
+    if "passed" in th:
+        text += (f" Verification {'passed' if th['passed'] else 'FAILED'}: INT8 auto-accept precision "
+                 f"{pct(th.get('auto_precision_int8'))}, required {pct(th.get('required_auto_precision'))}.")
+    out = f"<p>{escape(text)}</p>"
+    ev = th.get("evaluation")
+    if isinstance(ev, dict):
+        labels = (("fp32", "fp32"), ("int8_fp32_thresholds", "INT8, fp32 thresholds"), ("int8", "INT8, shipped"))
+        rows = "".join(
+            f"<tr><th>{label}</th><td class='num'>{pct(ev[key].get('automation'))}</td>"
+            f"<td class='num'>{pct(ev[key].get('auto_precision'))}</td></tr>"
+            for key, label in labels if isinstance(ev.get(key), dict)
+        )
+        out += ("<table><thead><tr><th>evaluation images</th><th>automation</th><th>auto-accept precision</th>"
+                f"</tr></thead><tbody>{rows}</tbody></table>")
+    return out
+
+
 def _quantization_section(q: dict[str, Any] | None) -> str:
     if not q:
         return ""
@@ -183,6 +211,7 @@ def _quantization_section(q: dict[str, Any] | None) -> str:
     return (
         "<h2>Quantisation (INT8)</h2>"
         f"<p>{escape(str(q['method']))}; SKUs losing more than {q['flag_points']} points: {escape(flagged)}.</p>"
+        + _thresholds_note(q.get("thresholds"), pct) +
         "<table><thead><tr><th></th><th>fp32</th><th>INT8</th><th>change (points)</th></tr></thead>"
         f"<tbody>{overall}{deciles}</tbody></table>"
         "<details><summary>per SKU (worst top-1 change first)</summary><table><thead><tr><th>SKU</th><th>images</th>"

@@ -35,14 +35,24 @@ def export(
     ] = None,
     calibration_per_sku: Annotated[int, typer.Option(help="Calibration images per SKU.")] = 2,
     exclude_node: Annotated[list[str] | None, typer.Option(help="Backbone node kept in fp32 (repeatable).")] = None,
+    keep_thresholds: Annotated[bool, typer.Option(
+        "--keep-thresholds", help="Ship the fp32 thresholds (verified only); default: raise them by the INT8 "
+        "confidence movement measured on calibration images.")] = False,
+    margin_per_sku: Annotated[int, typer.Option(
+        help="Calibration images per SKU on which the INT8 confidence movement is measured.")] = 10,
+    margin_quantile: Annotated[float, typer.Option(
+        help="Quantile of that movement (log-odds, images near their threshold) added to every threshold.")] = 0.9,
     report: Annotated[Path | None, typer.Option(help="Write the export report (JSON) here.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
 ) -> None:
     """Export BUNDLE for edge devices: one ONNX graph (backbone→bands), optionally INT8 with its per-SKU cost."""
     from skuscale.edge.export import export_bundle
 
-    if calibration_per_sku < 1:
-        console.print("[bold red]error:[/] --calibration-per-sku must be at least 1")
+    if calibration_per_sku < 1 or margin_per_sku < 1:
+        console.print("[bold red]error:[/] --calibration-per-sku and --margin-per-sku must be at least 1")
+        raise typer.Exit(2)
+    if not 0.0 < margin_quantile <= 1.0:
+        console.print("[bold red]error:[/] --margin-quantile must be in (0, 1]")
         raise typer.Exit(2)
     # onnxruntime's quantiser logs pre-processing advice through the root logger.
     logging.getLogger().setLevel(logging.ERROR)
@@ -50,6 +60,7 @@ def export(
         result = export_bundle(
             bundle, out, int8=int8, calibration=calibration, evaluation=evaluation,
             calibration_per_sku=calibration_per_sku, exclude_nodes=exclude_node or [], cache_dir=cache_dir,
+            keep_thresholds=keep_thresholds, margin_per_sku=margin_per_sku, margin_quantile=margin_quantile,
             step=lambda message: console.print(f"[dim]{message}[/]"),
         )
     except (SkuscaleError, ValueError, OSError) as exc:
@@ -85,10 +96,18 @@ def export(
         flagged = q["impact"]["flagged"]
         table.add_row(f"SKUs losing > {q['impact']['flag_points']:g} pts", ", ".join(flagged) or "none")
         th = q["thresholds"]
+        refit = th.get("refit")
+        if refit:
+            before, after = th["evaluation"]["int8_fp32_thresholds"], th["evaluation"]["int8"]
+            table.add_row("thresholds re-fitted", f"+{refit['sku_margin']['margin']:.2f} log-odds "
+                          f"({refit['n_raised']} SKUs raised; movement on {refit['n_images']} calibration images)")
+            table.add_row("int8 before → after re-fit",
+                          f"automation {_pct(before['automation'])} → {_pct(after['automation'])}, "
+                          f"precision {_pct(before['auto_precision'])} → {_pct(after['auto_precision'])}")
         failed = not th["passed"]
-        table.add_row("thresholds", "verified" if th["passed"] else
+        table.add_row("thresholds", ("verified" if th["passed"] else
                       f"[red]NOT verified[/]: int8 precision {_pct(th['auto_precision_int8'])} < "
-                      f"{_pct(th['required_auto_precision'])}; rebuild with the INT8 backbone")
+                      f"{_pct(th['required_auto_precision'])}") + (" (fp32 thresholds kept)" if not refit else ""))
         if q["evaluation"]["n_seen_in_training"]:
             table.add_row("[yellow]note[/]", f"{q['evaluation']['n_seen_in_training']} of "
                           f"{q['evaluation']['n_images']} comparison images were used to fit the bundle")

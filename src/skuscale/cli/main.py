@@ -119,8 +119,10 @@ def build(
     if "device_sizing" in b.metadata:
         table.add_row("device sizing", b.metadata["device_sizing"]["choice"]["arithmetic"])
         if "quantization" in b.metadata:
-            passed = b.metadata["quantization"]["thresholds"]["passed"]
-            table.add_row("INT8 thresholds", "verified" if passed else "[red]NOT verified[/] (see docs/edge.md)")
+            th = b.metadata["quantization"]["thresholds"]
+            how = "re-fitted, " if th.get("refit") else ""
+            table.add_row("INT8 thresholds", how + ("verified" if th["passed"] else
+                                                    "[red]NOT verified[/] (see docs/edge.md)"))
     table.add_row("cache hits / misses", f"{result.cache_hits} / {result.cache_misses}")
     table.add_row("build time", f"{result.seconds:.1f} s")
     console.print(table)

@@ -3,8 +3,10 @@
 The output is a normal bundle (``Bundle.load`` verifies it) with ``pipeline.onnx``
 beside it: backbone, head, temperature, OOD score and routing in one graph. With
 ``int8`` the backbone is statically quantised (QDQ) on real calibration images, the
-fp32-fitted thresholds are verified on INT8 embeddings and the per-SKU impact table
-is stored under ``quantization`` in ``bundle.json``.
+thresholds are raised by the confidence movement INT8 causes on calibration images
+(:func:`skuscale.edge.quantize.refit_thresholds`; ``keep_thresholds`` keeps the
+fp32 ones), the shipped thresholds are verified on INT8 embeddings of the evaluation
+images, and the per-SKU impact table is stored under ``quantization`` in ``bundle.json``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def export_bundle(
     evaluation: str | os.PathLike | None = None,
     calibration_per_sku: int = 2,
     exclude_nodes: Sequence[str] = (),
+    keep_thresholds: bool = False,
+    margin_per_sku: int = 10,
+    margin_quantile: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -98,6 +103,14 @@ def export_bundle(
         validation manifest, else the calibration manifest.
     exclude_nodes : sequence of str
         Backbone nodes kept in fp32.
+    keep_thresholds : bool
+        Ship the fp32-fitted thresholds unchanged (they are still verified).
+    margin_per_sku : int
+        Images per SKU of the calibration manifest on which the INT8 confidence
+        movement is measured for the threshold re-fit (no labels are used).
+    margin_quantile : float, optional
+        Quantile of that movement added to the thresholds (default
+        :data:`skuscale.edge.quantize.MARGIN_QUANTILE`).
     cache_dir : path, optional
         Embedding cache (default :func:`skuscale.build.default_cache_dir`).
     step : callable, optional
@@ -127,6 +140,8 @@ def export_bundle(
             f"bundle {src} uses the {detector} OOD detector, which the one-graph export does not support "
             f"(supported: {', '.join(sorted(SUPPORTED_DETECTORS.values()))})"
         )
+    if margin_per_sku < 1:
+        raise SkuscaleError(f"margin_per_sku must be at least 1, got {margin_per_sku}")
     if bundle.backbone.get("precision", "fp32") != "fp32" and int8:
         raise SkuscaleError(f"bundle {src} is already quantised ({bundle.backbone['precision']})")
     cal_manifest = Path(calibration) if calibration else _recorded_manifest(bundle, "train")
@@ -145,8 +160,15 @@ def export_bundle(
         fp32_backbone = src / bundle.backbone["onnx"]
         edge_backbone = staging / bundle.backbone["onnx"]
         eval_ds = load_dataset(eval_manifest) if eval_manifest else None
+        edge_model = bundle.model
         if int8:
-            from skuscale.edge.quantize import int8_impact, quantize_backbone, verify_thresholds
+            from skuscale.edge.quantize import (
+                MARGIN_QUANTILE,
+                int8_impact,
+                quantize_backbone,
+                refit_thresholds,
+                verify_thresholds,
+            )
             from skuscale.embed.onnx_embedder import OnnxEmbedder
             from skuscale.embed.pipeline import embed_paths
 
@@ -155,14 +177,37 @@ def export_bundle(
             say(f"quantising the backbone on {len(cal_paths)} calibration images")
             quantize_backbone(fp32_backbone, edge_backbone, cal_paths, bundle.preprocessing,
                               exclude_nodes=exclude_nodes)
-            say(f"comparing fp32 and INT8 on {len(eval_ds)} images of {eval_manifest}")
             cache = EmbeddingCache(cache_dir or default_cache_dir())
-            X32 = embed_paths(eval_ds.paths, OnnxEmbedder(fp32_backbone, bundle.preprocessing), cache=cache)
-            X8 = embed_paths(eval_ds.paths, OnnxEmbedder(edge_backbone, bundle.preprocessing), cache=cache)
-            impact = int8_impact(bundle.model, X32, X8, eval_ds.labels,
-                                 train_counts=(bundle.metadata.get("training") or {}).get("train_counts"))
+            emb32 = OnnxEmbedder(fp32_backbone, bundle.preprocessing)
+            emb8 = OnnxEmbedder(edge_backbone, bundle.preprocessing)
+            refit = None
+            if not keep_thresholds:
+                margin_paths = spread_sample(cal_ds, margin_per_sku)
+                say(f"re-fitting the thresholds on the INT8 confidence movement of {len(margin_paths)} "
+                    "calibration images")
+                edge_model, refit = refit_thresholds(
+                    bundle.model, embed_paths(margin_paths, emb32, cache=cache),
+                    embed_paths(margin_paths, emb8, cache=cache),
+                    quantile=MARGIN_QUANTILE if margin_quantile is None else margin_quantile)
+                refit["images"] = {"manifest": str(cal_manifest), "per_sku": margin_per_sku}
+            say(f"comparing fp32 and INT8 on {len(eval_ds)} images of {eval_manifest}")
+            X32 = embed_paths(eval_ds.paths, emb32, cache=cache)
+            X8 = embed_paths(eval_ds.paths, emb8, cache=cache)
+            counts = (bundle.metadata.get("training") or {}).get("train_counts")
+            impact = int8_impact(bundle.model, X32, X8, eval_ds.labels, train_counts=counts, model_int8=edge_model)
             target = float((bundle.metadata.get("targets") or {}).get("auto_precision", 0.99))
             seen = int(bundle.seen_in_training([p.read_bytes() for p in eval_ds.paths]).sum())
+            thresholds = verify_thresholds(impact, target, method="kept" if keep_thresholds else "int8_margin")
+            keys = ("top1", "automation", "auto_precision")
+            o = impact["overall"]
+            # With the fp32 thresholds on INT8 embeddings: the same numbers as shipped when they are kept.
+            kept = o if refit is None else int8_impact(bundle.model, X32, X8, eval_ds.labels)["overall"]
+            thresholds["evaluation"] = {
+                "fp32": {k: o[f"{k}_fp32"] for k in keys},
+                "int8_fp32_thresholds": {k: kept[f"{k}_int8"] for k in keys},
+                "int8": {k: o[f"{k}_int8"] for k in keys},
+            }
+            thresholds["refit"] = refit
             metadata["quantization"] = {
                 "method": "onnxruntime quantize_static, QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax",
                 "calibration": {"manifest": str(cal_manifest), "n_images": len(cal_paths),
@@ -171,17 +216,19 @@ def export_bundle(
                 "evaluation": {"manifest": str(eval_manifest), "n_images": len(eval_ds),
                                "n_seen_in_training": seen},
                 "fp32_backbone_sha256": _sha256(fp32_backbone),
-                "thresholds": verify_thresholds(impact, target),
+                "thresholds": thresholds,
                 "impact": impact,
             }
             backbone["precision"] = "int8"
             report["quantization"] = metadata["quantization"]
+        edge = Bundle(model=edge_model, preprocessing=bundle.preprocessing, backbone=backbone, metadata=metadata,
+                      training_digests=bundle.training_digests, digest_trained=bundle.digest_trained)
         say("exporting the one-graph pipeline")
-        pipeline_path = export_pipeline(bundle, staging / PIPELINE_FILE, backbone_path=edge_backbone)
+        pipeline_path = export_pipeline(edge, staging / PIPELINE_FILE, backbone_path=edge_backbone)
         if eval_ds is not None:
             check_paths = eval_ds.paths[:: max(1, len(eval_ds) // PIPELINE_CHECK_IMAGES)][:PIPELINE_CHECK_IMAGES]
             say(f"checking the pipeline against Python on {len(check_paths)} images")
-            check = check_pipeline(bundle, pipeline_path, edge_backbone, check_paths)
+            check = check_pipeline(edge, pipeline_path, edge_backbone, check_paths)
             if (check["band_agreement"] < MIN_CHECK_AGREEMENT or check["sku_agreement"] < MIN_CHECK_AGREEMENT
                     or check["max_confidence_diff"] > MAX_CONFIDENCE_DIFF):
                 raise SkuscaleError(f"the exported pipeline disagrees with the Python stack: {check}")
@@ -195,8 +242,6 @@ def export_bundle(
             "source_bundle_manifest_sha256": json.loads((src / "bundle.json").read_text()).get("manifest_sha256"),
         }
         report["pipeline_check"] = check
-        edge = Bundle(model=bundle.model, preprocessing=bundle.preprocessing, backbone=backbone, metadata=metadata,
-                      training_digests=bundle.training_digests, digest_trained=bundle.digest_trained)
         edge.save(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -5,6 +5,12 @@ to their neighbours' decision boundaries, so the same embedding perturbation fli
 more of their predictions. :func:`int8_impact` therefore reports every SKU, the
 bottom sample-count decile against the top one, and flags each SKU that loses more
 than ``flag_points`` points.
+
+INT8 also moves the calibrated confidence of every image a little, so an fp32-fitted
+threshold lets through images whose fp32 confidence was below it. :func:`threshold_margin`
+measures that movement, in log-odds, on images near their threshold, and
+:func:`refit_thresholds` raises every threshold by it (see ``docs/edge.md`` for the
+measurements behind the rule).
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from skuscale.data.preprocess import Preprocessing
-from skuscale.routing import ACCEPT, UNKNOWN
+from skuscale.routing import ACCEPT, NEVER_ACCEPT, UNKNOWN
+
+#: Quantile of the INT8 confidence movement (|Δ log-odds| near the threshold) added to every threshold.
+MARGIN_QUANTILE = 0.9
+#: Half-width, in log-odds, of the band around a threshold whose images set the margin.
+MARGIN_WINDOW = 1.0
+# Probabilities are clipped to [_EPS, 1 - _EPS] before taking log-odds (float32 softmax saturates at 1).
+_EPS = 1e-12
 
 #: Points of top-1, automation or auto-accept precision a SKU may lose before it is flagged.
 FLAG_POINTS = 5.0
@@ -168,8 +181,9 @@ def int8_impact(
     *,
     train_counts: Mapping[str, int] | None = None,
     flag_points: float = FLAG_POINTS,
+    model_int8=None,
 ) -> dict[str, Any]:
-    """Per-SKU cost of an INT8 backbone: the same decision stack on fp32 and INT8 embeddings.
+    """Per-SKU cost of an INT8 backbone: the decision stack on fp32 and on INT8 embeddings.
 
     Parameters
     ----------
@@ -183,6 +197,9 @@ def int8_impact(
     flag_points : float
         A SKU is flagged when its top-1, automation or auto-accept precision drops by
         more than this many points.
+    model_int8 : RecognitionModel, optional
+        The stack that runs on the INT8 embeddings (``model`` with re-fitted
+        thresholds, say); default ``model``. It must have ``model``'s catalogue.
 
     Returns
     -------
@@ -194,7 +211,9 @@ def int8_impact(
     y = np.asarray(y_true, dtype=str)
     skus = np.asarray(model.skus, dtype=str)
     a32 = model.decide_arrays(X_fp32)
-    a8 = model.decide_arrays(X_int8)
+    if model_int8 is not None and list(model_int8.skus) != list(model.skus):
+        raise ValueError("model_int8 must have the catalogue of model")
+    a8 = (model_int8 or model).decide_arrays(X_int8)
     known = np.isin(y, skus)
     counts = dict(train_counts or {})
 
@@ -252,12 +271,215 @@ def _cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A * B).sum(axis=1)
 
 
-def verify_thresholds(impact: Mapping[str, Any], target_precision: float, *, tolerance: float = 0.005) -> dict:
-    """Check that the fp32-fitted thresholds still hold on INT8 embeddings.
+def log_odds(p) -> np.ndarray:
+    """``log(p / (1 - p))`` in float64, with ``p`` clipped to ``[1e-12, 1 - 1e-12]``."""
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.log(q) - np.log1p(-q)
 
-    Passes when the INT8 auto-accept precision is at least ``min(target, fp32 precision) - tolerance``:
-    the thresholds are then kept; otherwise they should be re-fitted on INT8 held-out
-    predictions (rebuild with the INT8 backbone) before deploying.
+
+def threshold_margin(
+    conf_fp32,
+    conf_int8,
+    threshold_fp32,
+    threshold_int8,
+    *,
+    quantile: float = MARGIN_QUANTILE,
+    window: float = MARGIN_WINDOW,
+) -> dict[str, Any]:
+    """How far INT8 moves the calibrated confidence of images near their threshold, in log-odds.
+
+    An image is *near* when, under fp32 or under INT8, the log-odds of its top-1
+    confidence is within ``window`` of the log-odds of the threshold applied to it
+    (thresholds of :data:`~skuscale.routing.NEVER_ACCEPT` or above are never near).
+    The margin is the ``quantile`` of ``|logit(conf_int8) - logit(conf_fp32)|`` over
+    the near images (over all images when none is near; 0 without images). Log-odds,
+    because the thresholds sit at 0.99-0.99999, where the same perturbation of the
+    logits is a thousand times smaller in probability near 1 than near 0.9. No
+    labels are used.
+
+    Parameters
+    ----------
+    conf_fp32, conf_int8 : array-like (n,)
+        Top-1 calibrated confidence of the same images with the fp32 and the INT8 backbone.
+    threshold_fp32, threshold_int8 : array-like (n,)
+        Threshold applied to each image's top-1 SKU under fp32 and under INT8 (the
+        top-1 SKU may differ).
+    quantile : float
+        In ``(0, 1]``.
+    window : float
+        Half-width of the near band, log-odds, positive.
+
+    Returns
+    -------
+    dict
+        ``margin`` (log-odds, >= 0), ``quantile``, ``window``, ``n``, ``n_near`` and
+        ``basis`` (``"near"``, ``"all"`` or ``"none"``: which images set the margin).
+
+    Raises
+    ------
+    ValueError
+        On arrays of different shapes, non-finite confidences, or parameters out of range.
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in (conf_fp32, conf_int8, threshold_fp32, threshold_int8)]
+    if arrays[0].ndim != 1 or any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"need four 1-D arrays of one length, got shapes {[a.shape for a in arrays]}")
+    c32, c8, t32, t8 = arrays
+    if not (np.isfinite(c32).all() and np.isfinite(c8).all()):
+        raise ValueError("confidences must be finite")
+    if not 0.0 < float(quantile) <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
+    if not float(window) > 0.0:
+        raise ValueError(f"window must be positive, got {window!r}")
+    l32, l8 = log_odds(c32), log_odds(c8)
+    near = ((t32 < 1.0) & (np.abs(l32 - log_odds(t32)) <= window)) | (
+        (t8 < 1.0) & (np.abs(l8 - log_odds(t8)) <= window))
+    moved = np.abs(l8 - l32)
+    if near.any():
+        basis, values = "near", moved[near]
+    elif moved.size:
+        basis, values = "all", moved
+    else:
+        basis, values = "none", np.zeros(1)
+    return {
+        "margin": float(np.quantile(values, float(quantile))),
+        "quantile": float(quantile),
+        "window": float(window),
+        "n": int(c32.size),
+        "n_near": int(near.sum()),
+        "basis": basis,
+    }
+
+
+def raise_thresholds(thresholds, margin: float) -> np.ndarray:
+    """Thresholds moved up by ``margin`` in log-odds: ``sigmoid(logit(t) + margin)``.
+
+    Thresholds of 1 or more (:data:`~skuscale.routing.NEVER_ACCEPT`) stay as they are;
+    no threshold goes down, whatever the rounding.
+
+    Raises
+    ------
+    ValueError
+        When ``margin`` is negative or not finite.
+    """
+    m = float(margin)
+    if not (np.isfinite(m) and m >= 0.0):
+        raise ValueError(f"margin must be finite and >= 0, got {margin!r}")
+    t = np.asarray(thresholds, dtype=np.float64)
+    if m == 0.0:
+        return t.copy()
+    raised = 1.0 / (1.0 + np.exp(-(log_odds(t) + m)))
+    return np.where(t >= 1.0, t, np.maximum(t, raised))
+
+
+def _threshold_summary(values) -> dict[str, Any]:
+    v = np.asarray(list(values), dtype=np.float64)
+    live = v[v < 1.0]
+    return {
+        "n": int(v.size),
+        "n_never_accept": int((v >= NEVER_ACCEPT).sum()),
+        "min": float(live.min()) if live.size else None,
+        "median": float(np.median(live)) if live.size else None,
+        "max": float(live.max()) if live.size else None,
+        "median_log_odds": float(np.median(log_odds(live))) if live.size else None,
+    }
+
+
+def _raise_table(table, margin: float):
+    import dataclasses
+
+    names = list(table.per_sku)
+    per_sku = dict(zip(names, raise_thresholds([table.per_sku[k] for k in names], margin).tolist(), strict=True))
+    cats = list(table.per_category)
+    per_category = dict(zip(cats, raise_thresholds([table.per_category[k] for k in cats], margin).tolist(),
+                            strict=True))
+    return dataclasses.replace(table, per_sku=per_sku, per_category=per_category,
+                               global_=float(raise_thresholds([table.global_], margin)[0]))
+
+
+def refit_thresholds(
+    model,
+    X_fp32: np.ndarray,
+    X_int8: np.ndarray,
+    *,
+    quantile: float = MARGIN_QUANTILE,
+    window: float = MARGIN_WINDOW,
+):
+    """Raise a model's thresholds by the confidence movement an INT8 backbone causes.
+
+    The margin of :func:`threshold_margin` is measured on ``X_fp32`` / ``X_int8``
+    (embeddings of the same images; no labels needed) and added, in log-odds, to every
+    SKU threshold (per SKU, per-category backoff and global). When the model routes
+    categories, its category thresholds get their own margin, measured the same way
+    on the summed category probabilities. Head, temperature and OOD detector are
+    unchanged.
+
+    Parameters
+    ----------
+    model : RecognitionModel
+        The fp32-fitted model.
+    X_fp32, X_int8 : ndarray (n, d)
+        Embeddings of the same images (calibration images, say) from both backbones.
+    quantile, window : float
+        See :func:`threshold_margin`.
+
+    Returns
+    -------
+    model : RecognitionModel
+        A copy with the raised thresholds.
+    record : dict
+        ``method`` (``"int8_margin"``), ``sku_margin`` and ``category_margin`` (the
+        :func:`threshold_margin` results; the latter None without category routing),
+        ``n_images``, ``n_raised``, and ``sku_thresholds_fp32`` / ``sku_thresholds_int8``
+        summaries (min, median, max of the accepting thresholds, and how many never accept).
+
+    Raises
+    ------
+    ValueError
+        When the embedding arrays differ in shape.
+    """
+    import dataclasses
+
+    X32, X8 = np.asarray(X_fp32), np.asarray(X_int8)
+    if X32.shape != X8.shape or X32.ndim != 2:
+        raise ValueError(f"X_fp32 and X_int8 must be (n, d) arrays of one shape, got {X32.shape} and {X8.shape}")
+    router = model.router
+    a32, a8 = model.decide_arrays(X32), model.decide_arrays(X8)
+    sku_margin = threshold_margin(a32["confidence"], a8["confidence"], a32["threshold"], a8["threshold"],
+                                  quantile=quantile, window=window)
+    sku_table = _raise_table(router.sku_thresholds, sku_margin["margin"])
+    category_margin, category_table = None, router.category_thresholds
+    if category_table is not None and router.categories():
+        cat_m, cat_thr = router.category_matrix(), router.category_threshold_vector()
+        c32 = model.predict_proba(X32).astype(np.float64) @ cat_m
+        c8 = model.predict_proba(X8).astype(np.float64) @ cat_m
+        i32, i8 = c32.argmax(axis=1), c8.argmax(axis=1)
+        category_margin = threshold_margin(
+            np.minimum(c32.max(axis=1), 1.0), np.minimum(c8.max(axis=1), 1.0), cat_thr[i32], cat_thr[i8],
+            quantile=quantile, window=window)
+        category_table = _raise_table(category_table, category_margin["margin"])
+    new_router = dataclasses.replace(router, sku_thresholds=sku_table, category_thresholds=category_table)
+    before, after = router.sku_threshold_vector(), new_router.sku_threshold_vector()
+    record = {
+        "method": "int8_margin",
+        "sku_margin": sku_margin,
+        "category_margin": category_margin,
+        "n_images": int(X32.shape[0]),
+        "n_raised": int((after > before).sum()),
+        "sku_thresholds_fp32": _threshold_summary(before),
+        "sku_thresholds_int8": _threshold_summary(after),
+    }
+    return dataclasses.replace(model, router=new_router), record
+
+
+def verify_thresholds(impact: Mapping[str, Any], target_precision: float, *, tolerance: float = 0.005,
+                      method: str = "verified") -> dict:
+    """Check that the INT8 bundle's thresholds keep the fp32 auto-accept precision.
+
+    Passes when the INT8 auto-accept precision of ``impact`` (the thresholds the INT8
+    bundle ships with) is at least ``min(target, fp32 precision) - tolerance``;
+    otherwise the INT8 bundle should not be deployed as it is. ``method`` is recorded
+    as given (``"verified"`` when the fp32 thresholds are kept, ``"int8_margin"`` after
+    :func:`refit_thresholds`).
     """
     o = impact["overall"]
     p32, p8 = o["auto_precision_fp32"], o["auto_precision_int8"]
@@ -267,7 +489,7 @@ def verify_thresholds(impact: Mapping[str, Any], target_precision: float, *, tol
         needed = min(float(target_precision), p32 if p32 is not None else float(target_precision)) - tolerance
         passed = p8 >= needed
     return {
-        "method": "verified",
+        "method": method,
         "passed": bool(passed),
         "target_precision": float(target_precision),
         "required_auto_precision": needed,
