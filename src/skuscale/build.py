@@ -258,6 +258,9 @@ def build_bundle(
         plan = plan_for_device(device, len(train_ds.skus), backbone=backbone, calibration_paths=train_ds.paths,
                                step=hooks.step)
         hooks.step(f"device sizing: {plan.choice.arithmetic()}")
+        if not plan.table_setting_applied:
+            hooks.step("device sizing: the chosen table setting is recorded, NOT applied (the bundle stores dense "
+                       "fp32 tables); check 4 of `skuscale assess` measures the built bundle (docs/edge.md)")
         if plan.choice.backbone != backbone:
             backbone = plan.choice.backbone
             net = load_backbone(backbone)

@@ -185,6 +185,7 @@ def test_build_records_device_sizing(bundle_dir):
     assert (choice["backbone"], choice["int8"], choice["table_dim"], choice["table_precision"]) == (
         "efficientnet-lite0", False, None, "fp32")
     assert choice["headroom"] >= 0.20
+    assert sizing["table_setting_applied"] is True
     assert choice["total_bytes"] == choice["weights_bytes"] + choice["activation_bytes"] + choice["table_bytes"]
 
 

@@ -75,3 +75,13 @@ def test_too_small_profile_fails_check_4():
     assert assess_headroom(footprint, small).status == "fail"
     roomy = parse_profile({"name": "roomy", "tiers": [{"name": "r", "memory_mb": 64}]}, "test")
     assert assess_headroom(footprint, roomy).status == "pass"
+
+
+def test_device_plan_says_whether_the_table_setting_is_applied():
+    from skuscale.edge.sizing import DevicePlan
+
+    dense, _ = size_for_device(CART, 81, [LITE0])
+    compact, _ = size_for_device(CART, 100_000, [LITE0])
+    assert DevicePlan("smart-cart", dense, [dense]).to_dict()["table_setting_applied"] is True
+    assert (compact.table_dim, compact.table_precision) != (None, "fp32")
+    assert DevicePlan("smart-cart", compact, [compact]).to_dict()["table_setting_applied"] is False

@@ -31,12 +31,22 @@ SIZING_CALIBRATION_IMAGES = 16
 
 @dataclass
 class DevicePlan:
-    """The sizing decision recorded in the bundle (``metadata["device_sizing"]``)."""
+    """The sizing decision recorded in the bundle (``metadata["device_sizing"]``).
+
+    The backbone and INT8 choices are applied by the build; a compact table setting
+    (PCA dimension, fp16/int8 rows) is recorded but not applied: the bundle stores the
+    dense fp32 head and prototypes (see "Footprint and device sizing" in docs/edge.md).
+    """
 
     profile: str
     choice: SizingChoice
     tried: list[SizingChoice]
     skipped_backbones: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def table_setting_applied(self) -> bool:
+        """Whether the built bundle has the chosen table setting (only dense fp32 tables can be stored)."""
+        return self.choice.table_dim is None and self.choice.table_precision == "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +54,7 @@ class DevicePlan:
             "choice": self.choice.to_dict(),
             "tried": [c.arithmetic() for c in self.tried],
             "skipped_backbones": self.skipped_backbones,
+            "table_setting_applied": self.table_setting_applied,
         }
 
 
