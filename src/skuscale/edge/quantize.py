@@ -272,7 +272,18 @@ def _cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def log_odds(p) -> np.ndarray:
-    """``log(p / (1 - p))`` in float64, with ``p`` clipped to ``[1e-12, 1 - 1e-12]``."""
+    """``log(p / (1 - p))`` in float64, with ``p`` clipped to ``[1e-12, 1 - 1e-12]``.
+
+    Parameters
+    ----------
+    p : array-like
+        Probabilities.
+
+    Returns
+    -------
+    ndarray
+        Log-odds, finite (at most about 27.6 in absolute value).
+    """
     q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
     return np.log(q) - np.log1p(-q)
 
@@ -355,6 +366,18 @@ def raise_thresholds(thresholds, margin: float) -> np.ndarray:
 
     Thresholds of 1 or more (:data:`~skuscale.routing.NEVER_ACCEPT`) stay as they are;
     no threshold goes down, whatever the rounding.
+
+    Parameters
+    ----------
+    thresholds : array-like
+        Thresholds on calibrated confidence.
+    margin : float
+        Log-odds to add, ``>= 0``.
+
+    Returns
+    -------
+    ndarray
+        float64 thresholds, each ``>=`` its input (equal when ``margin`` is 0).
 
     Raises
     ------
@@ -472,14 +495,32 @@ def refit_thresholds(
 
 
 def verify_thresholds(impact: Mapping[str, Any], target_precision: float, *, tolerance: float = 0.005,
-                      method: str = "verified") -> dict:
+                      method: str = "kept") -> dict:
     """Check that the INT8 bundle's thresholds keep the fp32 auto-accept precision.
 
     Passes when the INT8 auto-accept precision of ``impact`` (the thresholds the INT8
     bundle ships with) is at least ``min(target, fp32 precision) - tolerance``;
     otherwise the INT8 bundle should not be deployed as it is. ``method`` is recorded
-    as given (``"verified"`` when the fp32 thresholds are kept, ``"int8_margin"`` after
-    :func:`refit_thresholds`).
+    as given (``"kept"`` when the fp32 thresholds are shipped, ``"int8_margin"`` after
+    :func:`refit_thresholds`; records written before the re-fit existed say ``"verified"``).
+
+    Parameters
+    ----------
+    impact : mapping
+        An :func:`int8_impact` result (its INT8 side run with the shipped thresholds).
+    target_precision : float
+        The bundle's auto-accept precision target.
+    tolerance : float
+        Precision (as a fraction) the INT8 bundle may lose below the requirement.
+    method : str
+        How the shipped thresholds were obtained (recorded as given).
+
+    Returns
+    -------
+    dict
+        ``method``, ``passed``, ``target_precision``, ``required_auto_precision`` (None
+        when INT8 accepts nothing), ``auto_precision_fp32``, ``auto_precision_int8`` and
+        ``tolerance``.
     """
     o = impact["overall"]
     p32, p8 = o["auto_precision_fp32"], o["auto_precision_int8"]
