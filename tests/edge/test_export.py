@@ -117,6 +117,7 @@ def test_int8_export_raises_thresholds_by_the_measured_margin(int8_export, bundl
     th = doc["quantization"]["thresholds"]
     refit = th["refit"]
     assert th["method"] == "int8_margin"
+    assert refit is not None, "export --int8 shipped the fp32 thresholds without re-fitting them"
     margin = refit["sku_margin"]["margin"]
     assert margin > 0  # INT8 moves the confidences of real images
     assert refit["n_images"] == 60  # 10 per SKU of the six-SKU calibration manifest
