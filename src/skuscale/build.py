@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -15,10 +16,16 @@ from skuscale.bundle import BACKBONE_FILE, Bundle, image_digests
 from skuscale.data import Dataset, load_dataset, validate_dataset
 from skuscale.data.preprocess import Preprocessing
 from skuscale.embed.cache import EmbeddingCache, content_key
+from skuscale.embed.finetune_config import DEFAULT_FINETUNE_EPOCHS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 from skuscale.training import TrainingConfig, fit_recognition_model
 
 EXPORT_CHECK_IMAGES = 8
+#: Without --val, a fine-tuned build holds this share of each SKU's training photos
+#: (the last ones in manifest order, so whole shooting sessions) out for calibration.
+CARVED_CALIBRATION_FRACTION = 0.1
+#: SKUs with fewer training photos give none to the carved calibration set.
+CARVE_MIN_IMAGES = 5
 
 
 def default_cache_dir() -> Path:
@@ -43,6 +50,15 @@ class BuildProgress:
 
     def embed_end(self) -> None:
         """Embedding finished."""
+
+    def train_start(self, total_steps: int, label: str) -> None:
+        """Fine-tuning of ``total_steps`` optimiser steps begins."""
+
+    def train_advance(self, step: int, loss: float) -> None:
+        """Optimiser step ``step`` is done; ``loss`` is the epoch's running mean."""
+
+    def train_end(self) -> None:
+        """Fine-tuning finished."""
 
 
 @dataclass
@@ -88,6 +104,71 @@ def _collect(
     if len(train_ds.skus) < 2:
         raise SkuscaleError("training data needs at least two SKUs")
     return train_ds, val_ds, ref_ds
+
+
+def carve_calibration(ds: Dataset, fraction: float = CARVED_CALIBRATION_FRACTION,
+                      min_images: int = CARVE_MIN_IMAGES) -> tuple[Dataset, Dataset | None]:
+    """Split off the last ``fraction`` of each SKU's photos (manifest order) for calibration.
+
+    Returns ``(rest, carved)``; ``carved`` is None when no SKU has ``min_images``.
+    """
+    carved = np.zeros(len(ds), bool)
+    for sku in ds.skus:
+        rows = np.flatnonzero(ds.labels == sku)
+        if rows.size >= min_images:
+            carved[rows[-max(1, round(rows.size * fraction)):]] = True
+    if not carved.any():
+        return ds, None
+    return ds.subset(np.flatnonzero(~carved)), ds.subset(np.flatnonzero(carved))
+
+
+def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset | None, *, ft: FinetuneConfig,
+              cache: EmbeddingCache, cache_root: Path, batch_size: int, hooks: BuildProgress, head_config):
+    """Fine-tune ``net`` on train (+ reference) photos, or load the identical earlier run."""
+    from skuscale.data.images import load_image
+    from skuscale.embed.backbone import TorchEmbedder
+    from skuscale.embed.finetune import finetune_backbone, finetune_key, save_state, state_digest
+    from skuscale.embed.pipeline import embed_paths
+
+    parts = [train_ds] + ([ref_ds] if ref_ds is not None and ft.reference_weight > 0 else [])
+    paths = [p for ds in parts for p in ds.paths]
+    labels = np.concatenate([ds.labels for ds in parts]).astype(str)
+    weights = np.concatenate([np.ones(len(train_ds))] + [np.full(len(ds), ft.reference_weight) for ds in parts[1:]])
+    digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    key = finetune_key(embedder.identity, ft, digests, labels.tolist(), weights.tolist())
+    stored = cache_root / "finetuned" / f"{key}.pt"
+    report = None
+    if stored.is_file():
+        import torch
+
+        hooks.step(f"fine-tuned weights found in the cache ({stored.name[:12]}…)")
+        net.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True))
+    else:
+        hooks.step("linear probe on frozen features (starts the fine-tuning classifier)")
+        hooks.embed_start(len(paths), "frozen features")
+        X0 = embed_paths(paths, embedder, cache=cache, batch_size=batch_size, progress=hooks.embed_advance)
+        hooks.embed_end()
+        probe = head_config.make_head().fit(X0, labels)
+        device = ft.resolved_device()
+        hooks.step(f"fine-tuning {backbone} for {ft.epochs} epochs on {device} ({len(paths)} images)")
+        images = [load_image(p) for p in paths]
+        steps = max(1, len(paths) // ft.batch_size) * ft.epochs
+        hooks.train_start(steps, "fine-tuning")
+        try:
+            net, rep = finetune_backbone(
+                net, images, labels, config=ft, init_weight=probe.coef_, init_bias=probe.intercept_,
+                classes=probe.classes_, sample_weight=weights,
+                progress=lambda step, _total, loss: hooks.train_advance(step, loss),
+            )
+        finally:
+            hooks.train_end()
+        report = rep.to_dict()
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        save_state(net, stored)
+    identity = f"{backbone}-ft-{state_digest(net)[:16]}"
+    return net, TorchEmbedder(net, preprocessing=embedder.preprocessing, identity=identity), {
+        "config": ft.to_dict(), "key": key, "report": report, "from_cache": report is None, "identity": identity,
+    }
 
 
 def _fit_and_package(
@@ -202,6 +283,7 @@ def build_bundle(
     threads: int | None = None,
     progress: BuildProgress | None = None,
     device: str | os.PathLike | None = None,
+    finetune: FinetuneConfig | None = None,
 ) -> BuildResult:
     """Validate data, embed it (cached), export and verify ONNX, fit and save a bundle.
 
@@ -227,6 +309,15 @@ def build_bundle(
         chosen before embedding so the footprint leaves 20% headroom on its lowest tier
         (:mod:`skuscale.edge.sizing`); raises :class:`SkuscaleError` with the arithmetic
         when nothing fits.
+    finetune : FinetuneConfig, optional
+        Backbone fine-tuning on the train (+ reference) photos before embedding
+        (default: :data:`~skuscale.embed.finetune_config.DEFAULT_FINETUNE_EPOCHS`
+        epochs with the measured settings; ``FinetuneConfig(epochs=0)`` keeps the
+        ImageNet features). The validation photos never train the backbone, so their
+        predictions stay honest for calibration; without ``val``, the last 10% of each
+        SKU's training photos are held out of fine-tuning for that purpose. The
+        fine-tuned weights are cached under ``cache_dir/finetuned`` by a key over the
+        base weights, the settings and the exact training images.
     """
     from skuscale.data.images import load_image
     from skuscale.data.preprocess import preprocess_batch
@@ -237,10 +328,12 @@ def build_bundle(
     started = time.perf_counter()
     hooks = progress or BuildProgress()
     cfg = config or TrainingConfig()
+    ft = finetune if finetune is not None else FinetuneConfig(epochs=DEFAULT_FINETUNE_EPOCHS)
     hooks.step(f"loading backbone {backbone}")
     net = load_backbone(backbone)
     embedder = TorchEmbedder(net, threads=threads)
-    cache = EmbeddingCache(cache_dir or default_cache_dir())
+    cache_root = Path(cache_dir or default_cache_dir())
+    cache = EmbeddingCache(cache_root)
     prep_id = embedder.preprocessing.fingerprint()
 
     def is_known_good(path: Path) -> bool:
@@ -265,6 +358,19 @@ def build_bundle(
             backbone = plan.choice.backbone
             net = load_backbone(backbone)
             embedder = TorchEmbedder(net, threads=threads)
+
+    carved = False
+    finetune_info = None
+    if ft.epochs > 0:
+        if val_ds is None:
+            train_ds, val_ds = carve_calibration(train_ds)
+            carved = val_ds is not None
+            if carved:
+                hooks.step(f"no --val: {len(val_ds)} training photos held out of fine-tuning for calibration")
+        net, embedder, finetune_info = _finetune(
+            net, backbone, embedder, train_ds, ref_ds, ft=ft, cache=cache, cache_root=cache_root,
+            batch_size=batch_size, hooks=hooks, head_config=cfg,
+        )
 
     parts = [("train", train_ds)] + [(n, d) for n, d in (("val", val_ds), ("reference", ref_ds)) if d is not None]
     embeddings = []
@@ -300,8 +406,10 @@ def build_bundle(
             "reference": str(reference) if reference else None,
             "excluded_skus": sorted(exclude_skus),
             "n_images": {label: len(ds) for label, ds in parts},
+            "calibration_carved_from_train": carved,
         },
     )
+    metadata["training"]["finetune"] = finetune_info
     if plan is not None:
         metadata["device_sizing"] = plan.to_dict()
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
@@ -318,6 +426,7 @@ def build_bundle(
             "identity": embedder.identity,
             "export_max_abs_diff": export_diff,
             "export_check_images": len(check_paths),
+            "finetuned": finetune_info is not None,
         },
         metadata=metadata,
     )

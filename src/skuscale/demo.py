@@ -65,6 +65,7 @@ def run(data: Path, out: Path, console: Console) -> dict:
     from skuscale.build import build_bundle
     from skuscale.cli.progress import RichBuildProgress
     from skuscale.data import load_dataset
+    from skuscale.embed.finetune_config import FinetuneConfig
     from skuscale.evaluate import evaluate_bundle
     from skuscale.training import TrainingConfig
 
@@ -80,6 +81,8 @@ def run(data: Path, out: Path, console: Console) -> dict:
         train, out / "bundle", val=val, reference=reference if reference.is_file() else None,
         exclude_skus=unknown, progress=RichBuildProgress(),
         config=TrainingConfig(final_on_calibration=False),
+        # The demo stays quick on frozen features; `skuscale build` fine-tunes by default.
+        finetune=FinetuneConfig(epochs=0),
     )
     metrics = evaluate_bundle(result.bundle, val)
     naive_silent = 1.0 - metrics["n_known"] * metrics["top1"] / metrics["n_items"]

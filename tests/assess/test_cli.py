@@ -20,7 +20,7 @@ LOG = "date,sku,change\n" + "".join(f"2024-0{m}-10,SKU-{m}-{i},added\n" for m in
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("assess-bundle") / "b"
     result = runner.invoke(app, [
-        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "build", "--finetune-epochs", "0", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(cache_dir),
     ])
     assert result.exit_code == 0, result.output

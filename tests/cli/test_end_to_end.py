@@ -21,7 +21,7 @@ UNKNOWN_SKU = "Banana"
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "b"
     result = runner.invoke(app, [
-        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "build", "--finetune-epochs", "0", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--exclude-sku", UNKNOWN_SKU,
         "--out", str(out), "--cache-dir", str(cache_dir),
     ])
@@ -102,10 +102,11 @@ def test_evaluate_counts_excluded_sku_as_unknown(bundle_dir, small_real, tmp_pat
 
 def test_rebuild_reads_every_embedding_from_the_cache(small_real, cache_dir, bundle_dir, tmp_path):
     from skuscale.build import build_bundle
+    from skuscale.embed.finetune_config import FinetuneConfig
 
     result = build_bundle(
         small_real["train"], tmp_path / "again", val=small_real["val"], reference=small_real["reference"],
-        exclude_skus=[UNKNOWN_SKU], cache_dir=cache_dir,
+        exclude_skus=[UNKNOWN_SKU], cache_dir=cache_dir, finetune=FinetuneConfig(epochs=0),
     )
     assert result.cache_misses == 0
     assert result.cache_hits == sum(result.bundle.metadata["training"]["n_images"].values())
@@ -159,7 +160,8 @@ def test_build_lists_every_bad_input(small_real, tmp_path, cache_dir):
         w.writerow([str(tmp_path / "nope.jpg"), "X", "Y"])
         w.writerow([rows[1]["path"], "", "Y"])
     out = tmp_path / "never"
-    result = runner.invoke(app, ["build", "--train", str(bad), "--out", str(out), "--cache-dir", str(cache_dir)])
+    result = runner.invoke(app, ["build", "--finetune-epochs", "0",
+                                 "--train", str(bad), "--out", str(out), "--cache-dir", str(cache_dir)])
     assert result.exit_code == 1
     text = result.output.replace("\n", "")
     for needle in ("truncated.jpg", "empty.jpg", "corrupt.jpg", "nope.jpg"):
@@ -169,7 +171,8 @@ def test_build_lists_every_bad_input(small_real, tmp_path, cache_dir):
 
 
 def test_exclude_unknown_sku_is_a_clear_error(small_real, tmp_path, cache_dir):
-    result = runner.invoke(app, ["build", "--train", str(small_real["train"]), "--exclude-sku", "No-Such-SKU",
+    result = runner.invoke(app, ["build", "--finetune-epochs", "0",
+                                 "--train", str(small_real["train"]), "--exclude-sku", "No-Such-SKU",
                                  "--out", str(tmp_path / "b"), "--cache-dir", str(cache_dir)])
     assert result.exit_code == 1
     assert "No-Such-SKU" in result.output.replace("\n", "")
@@ -190,7 +193,7 @@ def test_evaluate_counts_images_the_bundle_was_fitted_on(bundle_dir, small_real,
 def test_no_train_on_val_keeps_validation_images_out_of_the_head(small_real, cache_dir, tmp_path):
     out = tmp_path / "b"
     result = runner.invoke(app, [
-        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "build", "--finetune-epochs", "0", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--out", str(out), "--cache-dir", str(cache_dir), "--no-train-on-val",
     ])
     assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ runner = CliRunner()
 def bundle_dir(small_real, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("edge-bundles") / "fp32"
     result = runner.invoke(app, [
-        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "build", "--finetune-epochs", "0", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(cache_dir),
         "--device", "smart-cart",
     ])
@@ -194,7 +194,8 @@ def test_build_fails_early_when_nothing_fits(small_real, cache_dir, tmp_path):
     profile = tmp_path / "tag.yaml"
     profile.write_text("name: price-tag\ntiers:\n  - name: tag0\n    memory_mb: 4\n")
     out = tmp_path / "never"
-    result = runner.invoke(app, ["build", "--train", str(small_real["train"]), "--out", str(out),
+    result = runner.invoke(app, ["build", "--finetune-epochs", "0",
+                                 "--train", str(small_real["train"]), "--out", str(out),
                                  "--cache-dir", str(cache_dir), "--device", str(profile)])
     assert result.exit_code == 1
     assert "nothing fits price-tag/tag0" in result.output

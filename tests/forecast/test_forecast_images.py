@@ -15,7 +15,8 @@ def test_forecast_on_real_image_manifests(small_real, tmp_path):
     runner = CliRunner()
     cache = tmp_path / "cache"
     bundle = tmp_path / "bundle"
-    built = runner.invoke(app, ["build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+    built = runner.invoke(app, ["build", "--finetune-epochs", "0",
+                                "--train", str(small_real["train"]), "--val", str(small_real["val"]),
                                 "--out", str(bundle), "--cache-dir", str(cache)])
     assert built.exit_code == 0, built.output
     out = tmp_path / "forecast"

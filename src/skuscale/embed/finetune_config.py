@@ -1,0 +1,112 @@
+"""Settings of backbone fine-tuning (no torch needed to read or validate them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from skuscale.exceptions import SkuscaleError
+
+LOSSES = ("ce", "logit_adjust", "cosface")
+SAMPLERS = ("balanced", "uniform")
+
+#: Epochs of the default build: measured on val (benchmarks/accuracy.py), 6 epochs
+#: reach top-1 0.841, 12 0.855, 24 0.861; 12 fit a 2-core CPU's hour with room to spare.
+DEFAULT_FINETUNE_EPOCHS = 12
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of :func:`finetune_backbone`; the defaults are the measured ones.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training images (an epoch draws as many views as there are
+        images); 0 keeps the pretrained backbone.
+    batch_size : int
+    lr : float
+        Peak AdamW learning rate of the backbone (Loshchilov & Hutter, ICLR 2019);
+        linear warm-up, then cosine decay to zero.
+    head_lr_multiplier : float
+        The classifier's learning rate is ``lr`` times this.
+    weight_decay : float
+    warmup_epochs : float
+    label_smoothing : float
+        Szegedy et al., "Rethinking the Inception architecture", CVPR 2016.
+    loss : {"ce", "logit_adjust", "cosface"}
+        Cross-entropy; logit-adjusted cross-entropy (Menon et al., ICLR 2021), which
+        adds ``log prior`` to the logits while training; or a large-margin cosine loss
+        (CosFace: Wang et al., CVPR 2018) that subtracts ``cosface_margin`` from the
+        true class's cosine, to push near-duplicate SKUs apart.
+    sampler : {"balanced", "uniform"}
+        Class-balanced draws (every SKU equally often) or draws by image.
+    cosface_scale, cosface_margin : float
+    reference_weight : float
+        How many training photos one reference pack shot counts as when drawing.
+    image_size : int or None
+        Training resolution (default: the backbone's).
+    region : float
+        See :class:`skuscale.data.augment.ShelfAugment`.
+    dropout : float
+        Dropout on the pooled features before the classifier.
+    device : str
+        ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
+    workers : int or None
+        Data-loading processes (default: none on CPU, where augmentation is cheap next
+        to the backward pass; up to 8 on a GPU).
+    seed : int
+    """
+
+    epochs: int = 0
+    batch_size: int = 32
+    lr: float = 5e-4
+    head_lr_multiplier: float = 10.0
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    loss: str = "ce"
+    sampler: str = "balanced"
+    cosface_scale: float = 30.0
+    cosface_margin: float = 0.2
+    reference_weight: float = 4.0
+    image_size: int | None = None
+    region: float = 0.85
+    dropout: float = 0.2
+    device: str = "auto"
+    workers: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or self.epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {self.epochs!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("lr", "head_lr_multiplier", "cosface_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "warmup_epochs", "cosface_margin", "reference_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        for name in ("label_smoothing", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-able dict."""
+        return asdict(self)
+
+    def resolved_device(self) -> str:
+        """``"cuda"`` or ``"cpu"``; raises :class:`SkuscaleError` if CUDA is asked for but absent."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise SkuscaleError("fine-tuning on 'cuda' was asked for, but torch sees no GPU")
+        return self.device
