@@ -59,8 +59,9 @@ def int8_export(bundle_dir, small_real, cache_dir, tmp_path_factory) -> tuple[Pa
     out = tmp_path_factory.mktemp("edge-bundles") / "edge8"
     report = out.parent / "export.json"
     result = runner.invoke(app, [
-        "export", str(bundle_dir), "--int8", "--calibration", str(small_real["train"]), "--calibration-per-sku", "3",
-        "--eval", str(small_real["val"]), "--out", str(out), "--report", str(report), "--cache-dir", str(cache_dir),
+        "export", str(bundle_dir), "--int8", "--thresholds", "refit", "--calibration", str(small_real["train"]),
+        "--calibration-per-sku", "3", "--eval", str(small_real["val"]), "--out", str(out), "--report", str(report),
+        "--cache-dir", str(cache_dir),
     ])
     # exit 1 is allowed only for a failed threshold verification, which the report then records
     assert result.exit_code in (0, 1), result.output
@@ -148,10 +149,34 @@ def test_int8_export_can_keep_the_fp32_thresholds(bundle_dir, small_real, cache_
     ])
     th = json.loads(report.read_text())["quantization"]["thresholds"]
     assert result.exit_code == (0 if th["passed"] else 1), result.output
-    assert th["method"] == "kept" and th["refit"] is None
+    assert th["method"] == "kept" and th["refit"] is None and th["policy"] == "keep"
     assert th["evaluation"]["int8"] == th["evaluation"]["int8_fp32_thresholds"]
     np.testing.assert_array_equal(Bundle.load(out).model.router.sku_threshold_vector(),
                                   Bundle.load(bundle_dir).model.router.sku_threshold_vector())
+
+
+def test_auto_policy_refits_only_when_the_fp32_thresholds_fail(bundle_dir, small_real, cache_dir, tmp_path):
+    out = tmp_path / "auto"
+    report = tmp_path / "auto.json"
+    result = runner.invoke(app, [
+        "export", str(bundle_dir), "--int8", "--calibration", str(small_real["train"]), "--calibration-per-sku", "3",
+        "--eval", str(small_real["val"]), "--out", str(out), "--report", str(report), "--cache-dir", str(cache_dir),
+    ])
+    th = json.loads(report.read_text())["quantization"]["thresholds"]
+    assert result.exit_code == (0 if th["passed"] else 1), result.output
+    assert th["policy"] == "auto" and th["refit"] is not None
+    fp32 = Bundle.load(bundle_dir).model.router.sku_threshold_vector()
+    shipped = Bundle.load(out).model.router.sku_threshold_vector()
+    ev = th["evaluation"]
+    p8_kept, p32 = ev["int8_fp32_thresholds"]["auto_precision"], ev["fp32"]["auto_precision"]
+    needed = min(th["target_precision"], th["target_precision"] if p32 is None else p32) - th["tolerance"]
+    kept_passes = p8_kept is None or p8_kept >= needed
+    if th["method"] == "kept":
+        assert kept_passes and th["refit"]["applied"] is False
+        np.testing.assert_array_equal(shipped, fp32)
+    else:
+        assert th["method"] == "int8_margin" and not kept_passes
+        assert (shipped >= fp32).all() and (shipped > fp32).any()
 
 
 def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):

@@ -152,7 +152,10 @@ def _thresholds_note(th: Any, pct) -> str:
     if not isinstance(th, dict):
         return ""
     refit = th.get("refit")
-    if refit:
+    if refit and refit.get("applied") is False:
+        text = (f"Thresholds: the fp32 ones, kept because they pass on INT8 (a re-fit would have raised them by "
+                f"{refit['sku_margin']['margin']:.2f} log-odds).")
+    elif refit:
         text = (f"Thresholds re-fitted for INT8: raised by {refit['sku_margin']['margin']:.2f} log-odds "
                 f"({refit['n_raised']} SKUs), the {refit['sku_margin']['quantile']:g} quantile of the INT8 "
                 f"confidence movement near the thresholds on {refit['n_images']} calibration images.")

@@ -35,9 +35,12 @@ def export(
     ] = None,
     calibration_per_sku: Annotated[int, typer.Option(help="Calibration images per SKU.")] = 2,
     exclude_node: Annotated[list[str] | None, typer.Option(help="Backbone node kept in fp32 (repeatable).")] = None,
+    thresholds: Annotated[str, typer.Option(
+        help="auto: ship the fp32 thresholds if they pass verification on INT8 embeddings of the --eval images, "
+             "else raise them by the INT8 confidence movement measured on calibration images; refit: always "
+             "raise them; keep: always ship the fp32 thresholds (still verified).")] = "auto",
     keep_thresholds: Annotated[bool, typer.Option(
-        "--keep-thresholds", help="Ship the fp32 thresholds (verified only); default: raise them by the INT8 "
-        "confidence movement measured on calibration images.")] = False,
+        "--keep-thresholds", help="Same as --thresholds keep.")] = False,
     margin_per_sku: Annotated[int, typer.Option(
         help="Calibration images per SKU on which the INT8 confidence movement is measured.")] = 10,
     margin_quantile: Annotated[float, typer.Option(
@@ -51,6 +54,9 @@ def export(
     if calibration_per_sku < 1 or margin_per_sku < 1:
         console.print("[bold red]error:[/] --calibration-per-sku and --margin-per-sku must be at least 1")
         raise typer.Exit(2)
+    if thresholds not in ("auto", "refit", "keep"):
+        console.print("[bold red]error:[/] --thresholds must be auto, refit or keep")
+        raise typer.Exit(2)
     if not 0.0 < margin_quantile <= 1.0:
         console.print("[bold red]error:[/] --margin-quantile must be in (0, 1]")
         raise typer.Exit(2)
@@ -60,7 +66,8 @@ def export(
         result = export_bundle(
             bundle, out, int8=int8, calibration=calibration, evaluation=evaluation,
             calibration_per_sku=calibration_per_sku, exclude_nodes=exclude_node or [], cache_dir=cache_dir,
-            keep_thresholds=keep_thresholds, margin_per_sku=margin_per_sku, margin_quantile=margin_quantile,
+            keep_thresholds=keep_thresholds, thresholds_policy=thresholds, margin_per_sku=margin_per_sku,
+            margin_quantile=margin_quantile,
             step=lambda message: console.print(f"[dim]{message}[/]"),
         )
     except (SkuscaleError, ValueError, OSError) as exc:
@@ -97,7 +104,11 @@ def export(
         table.add_row(f"SKUs losing > {q['impact']['flag_points']:g} pts", ", ".join(flagged) or "none")
         th = q["thresholds"]
         refit = th.get("refit")
-        if refit:
+        if refit and refit.get("applied") is False:
+            table.add_row("thresholds", f"fp32 thresholds kept: they pass on INT8 (a re-fit would have raised them "
+                          f"by {refit['sku_margin']['margin']:.2f} log-odds; --thresholds refit forces it)")
+            refit = None
+        elif refit:
             before, after = th["evaluation"]["int8_fp32_thresholds"], th["evaluation"]["int8"]
             table.add_row("thresholds re-fitted", f"+{refit['sku_margin']['margin']:.2f} log-odds "
                           f"({refit['n_raised']} SKUs raised; movement on {refit['n_images']} calibration images)")
@@ -107,7 +118,7 @@ def export(
         failed = not th["passed"]
         table.add_row("thresholds", ("verified" if th["passed"] else
                       f"[red]NOT verified[/]: int8 precision {_pct(th['auto_precision_int8'])} < "
-                      f"{_pct(th['required_auto_precision'])}") + (" (fp32 thresholds kept)" if not refit else ""))
+                      f"{_pct(th['required_auto_precision'])}") + (" (fp32 thresholds)" if not refit else ""))
         if q["evaluation"]["n_seen_in_training"]:
             table.add_row("[yellow]note[/]", f"{q['evaluation']['n_seen_in_training']} of "
                           f"{q['evaluation']['n_images']} comparison images were used to fit the bundle")

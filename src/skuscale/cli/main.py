@@ -149,7 +149,7 @@ def build(
         table.add_row("device sizing", b.metadata["device_sizing"]["choice"]["arithmetic"])
         if "quantization" in b.metadata:
             th = b.metadata["quantization"]["thresholds"]
-            how = "re-fitted, " if th.get("refit") else ""
+            how = "re-fitted, " if th.get("method") == "int8_margin" else "fp32 kept, "
             table.add_row("INT8 thresholds", how + ("verified" if th["passed"] else
                                                     "[red]NOT verified[/] (see docs/edge.md)"))
     table.add_row("cache hits / misses", f"{result.cache_hits} / {result.cache_misses}")
