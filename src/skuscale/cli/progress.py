@@ -10,12 +10,13 @@ from skuscale.build import BuildProgress
 err_console = Console(stderr=True)
 
 
-def image_progress() -> Progress:
+def image_progress(unit: str = "images") -> Progress:
+    """A bar with done/total, ``unit`` (a rich text template), elapsed and remaining time."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("images"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
@@ -48,16 +49,7 @@ class RichBuildProgress(BuildProgress):
             self._progress = None
 
     def train_start(self, total_steps: int, label: str) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps  loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
+        self._progress = image_progress("steps  loss {task.fields[loss]}")
         self._progress.start()
         self._task = self._progress.add_task(label, total=total_steps, loss="-")
 
