@@ -227,6 +227,27 @@ def test_imprint_existing_class_replaces_it(data):
     assert (head.predict(draw(new_centre, 20, seed=4)) == "sku_a").all()
 
 
+def test_centred_imprint_removes_the_common_component(data):
+    X, y = data
+    head = LinearHead().fit(X, y)
+    before = head.coef_.copy()
+    common = np.full(D, 1.0 / np.sqrt(D))
+    new = draw(3.0 * np.eye(D)[5], 5, seed=1) + 4.0 * common  # a class sharing a big common direction
+    head.imprint("sku_new", new, centre=0.8 * common)
+    mean_dir = (new / np.linalg.norm(new, axis=1, keepdims=True)).mean(axis=0)
+    mean_dir /= np.linalg.norm(mean_dir)
+    expected = mean_dir - 0.8 * common
+    expected /= np.linalg.norm(expected)
+    w = head.coef_[3]
+    np.testing.assert_allclose(w / np.linalg.norm(w), expected, atol=1e-5)
+    assert np.linalg.norm(w) == pytest.approx(float(np.linalg.norm(before, axis=1).mean()), rel=1e-5)
+    # a plain imprint keeps more of the common direction than the centred one
+    plain = LinearHead().fit(X, y).imprint("sku_new", new).coef_[3]
+    assert plain @ common / np.linalg.norm(plain) > w @ common / np.linalg.norm(w) + 0.1
+    with pytest.raises(ValueError, match="centre"):
+        head.imprint("sku_x", new, centre=np.ones(D + 1))
+
+
 def test_imprint_checks_feature_count(data):
     head = LinearHead().fit(*data)
     with pytest.raises(ValueError, match="features"):

@@ -43,28 +43,6 @@ class Recognition:
     category_confidence: float | None
 
 
-def imprint_centred(head, sku: str, X: np.ndarray, centre: np.ndarray) -> None:
-    """Imprint ``sku`` into a linear head along its *centred* mean direction.
-
-    Plain weight imprinting (Qi et al., CVPR 2018) uses the class's mean embedding
-    direction. On L2-normalised backbone features every product shares a large common
-    component, so that weight also scores high on other SKUs' images: on the Grocery
-    Store bundle with 77 SKUs, imprinting Oatly-Oat-Milk made 39 of 92 validation images
-    of *other* SKUs predict it (23 of them accepted). Subtracting the catalogue's mean
-    prototype first (the trained weights are discriminative, i.e. roughly centred)
-    brought that to 5 of 92 (0 accepted) while 10 of 15 new-SKU images were still
-    accepted. The weight keeps the mean norm of the trained weights and the median
-    bias, as in :meth:`~skuscale.head.linear.LinearHead.imprint`.
-    """
-    head.imprint(sku, X)
-    i = int(np.flatnonzero(head.classes_ == sku)[0])
-    trained = np.ones(len(head.classes_), bool)
-    trained[i] = False
-    mean_direction = l2_normalize(l2_normalize(X).mean(axis=0, keepdims=True))[0]
-    direction = l2_normalize((mean_direction - centre)[None])[0]
-    head.coef_[i] = (direction * float(np.linalg.norm(head.coef_[trained], axis=1).mean())).astype(np.float32)
-
-
 def enrol_into_model(
     model, sku: str, X_new: np.ndarray, category: str | None, *, X_all: np.ndarray | None = None,
     threshold: float | None = None, centre: np.ndarray | None = None,
@@ -105,7 +83,7 @@ def enrol_into_model(
             and np.allclose(det.head_.intercept_, model.head.intercept_)
         )
     )
-    imprint_centred(model.head, sku, X_all, centre)
+    model.head.imprint(sku, X_all, centre=centre)
     model.prototypes.add_class(sku, X_new)
     if isinstance(det, _LogitDetector):
         if same_head:
@@ -113,7 +91,7 @@ def enrol_into_model(
             # it, the new SKU would look unknown.
             det.head_ = model.head
         else:
-            imprint_centred(det.head_, sku, X_all, centre)
+            det.head_.imprint(sku, X_all, centre=centre)
     elif isinstance(det, PrototypeCosineDetector | MahalanobisDetector):
         normalize = isinstance(det, PrototypeCosineDetector) or det.normalize
         rows = l2_normalize(X_all) if normalize else X_all
