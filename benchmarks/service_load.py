@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from skuscale.serve.drill import kill_under_load
 from skuscale.serve.settings import hash_token
 
 DEVICE, REVIEWER = "bench-device-token-0123456789", "bench-reviewer-token-0123456789"
@@ -120,61 +121,13 @@ def durability(bundle: Path, data_dir: Path, port: int, db: str | None, blobs: l
         for s in range(0, 64, 16):
             r = c.post("/v1/recognize/batch", files=[("files", ("x.jpg", b)) for b in blobs[s : s + 16]])
             pending += [e for e in r.json()["events"] if e["status"] == "pending"]
-    catalogue_sku = pending[0]["candidates"][0]["sku"]
-    resolved: dict[str, str] = {}
-    enrolled: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def resolver(chunk):
-        with httpx.Client(base_url=url, timeout=60, headers=rev) as c:
-            for ev in chunk:
-                try:
-                    r = c.post(f"/v1/review/{ev['event_id']}/resolve", json={"decision": "sku", "sku": catalogue_sku})
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        resolved[ev["event_id"]] = catalogue_sku
-
-    def enroller():
-        with httpx.Client(base_url=url, timeout=60, headers=rev) as c:
-            for k in range(1000):
-                try:
-                    r = c.post("/v1/catalogue/enrol", data={"sku": f"Bench-New-{k}"},
-                               files={"files": ("a.jpg", blobs[k % len(blobs)])})
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        enrolled.append(f"Bench-New-{k}")
-
-    def recognizer():
-        with httpx.Client(base_url=url, timeout=60, headers=dev) as c:
-            while not stop.is_set():
-                try:
-                    c.post("/v1/recognize", files={"file": ("x.jpg", blobs[0])})
-                except httpx.HTTPError:
-                    return
-
-    threads = [threading.Thread(target=resolver, args=(pending[i::4],)) for i in range(4)]
-    threads += [threading.Thread(target=enroller), threading.Thread(target=recognizer),
-                threading.Thread(target=recognizer)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with lock:
-            if len(resolved) >= len(pending) // 2 and len(enrolled) >= 2:
-                break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    stop.set()
-    for t in threads:
-        t.join(60)
-    with lock:
-        answered_res, answered_enr = dict(resolved), list(enrolled)
+    drill = kill_under_load(
+        proc, url, events=pending, resolve_sku=pending[0]["candidates"][0]["sku"], enrol_blobs=blobs,
+        recognize_blob=blobs[0], reviewer_headers=rev, device_headers=dev, resolvers=4, recognizers=2,
+        max_enrolments=1000, enrol_prefix="Bench-New-", min_enrolments=2, request_timeout=60, deadline=120,
+        poll=0.005,
+    )
+    answered_res, answered_enr = drill.resolved, drill.enrolled
     proc = start_server(bundle, data_dir, port, db)
     try:
         with httpx.Client(base_url=url, timeout=60, headers=rev) as c:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 
+from skuscale.serve.drill import kill_under_load
 from tests.serve.conftest import DEVICE_TOKEN, REVIEWER_TOKEN, TOKENS, _free_port, held_out_paths, image_bytes
 
 pytestmark = pytest.mark.slow
@@ -54,57 +53,13 @@ def test_kill_9_loses_no_answered_resolution_or_enrolment(serve_bundle, tmp_path
             for _ in range(3):
                 r = c.post("/v1/recognize/batch", headers=dev_auth, files=[("files", ("x.jpg", b)) for b in blobs])
                 events += r.json()["events"]
-        answered_resolutions: dict[str, str] = {}
-        answered_enrolments: list[str] = []
-        killed = threading.Event()
-        lock = threading.Lock()
         ref = held_out_paths("reference")[0].read_bytes()
-
-        def resolver(chunk):
-            with httpx.Client(base_url=url, timeout=30, headers=auth) as c:
-                for ev in chunk:
-                    try:
-                        r = c.post(f"/v1/review/{ev['event_id']}/resolve", json={"decision": "sku", "sku": "Banana"})
-                    except httpx.HTTPError:
-                        return
-                    if r.status_code == 200:
-                        with lock:
-                            answered_resolutions[ev["event_id"]] = "Banana"
-
-        def enroller():
-            with httpx.Client(base_url=url, timeout=30, headers=auth) as c:
-                for k in range(50):
-                    try:
-                        r = c.post("/v1/catalogue/enrol", data={"sku": f"New-{k}"}, files={"files": ("a.jpg", ref)})
-                    except httpx.HTTPError:
-                        return
-                    if r.status_code == 200:
-                        with lock:
-                            answered_enrolments.append(f"New-{k}")
-
-        def recognizer():
-            with httpx.Client(base_url=url, timeout=30, headers=dev_auth) as c:
-                while not killed.is_set():
-                    try:
-                        c.post("/v1/recognize", files={"file": ("x.jpg", blobs[0])})
-                    except httpx.HTTPError:
-                        return
-
-        threads = [threading.Thread(target=resolver, args=(events[i::3],)) for i in range(3)]
-        threads += [threading.Thread(target=enroller), threading.Thread(target=recognizer)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with lock:
-                if len(answered_resolutions) >= len(events) // 2 and answered_enrolments:
-                    break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed.set()
-        for t in threads:
-            t.join(30)
+        drill = kill_under_load(
+            proc, url, events=events, resolve_sku="Banana", enrol_blobs=[ref], recognize_blob=blobs[0],
+            reviewer_headers=auth, device_headers=dev_auth, resolvers=3, recognizers=1, max_enrolments=50,
+            enrol_prefix="New-", min_enrolments=1, request_timeout=30, deadline=60, poll=0.01,
+        )
+        answered_resolutions, answered_enrolments = drill.resolved, drill.enrolled
         assert answered_resolutions and answered_enrolments
         assert len(answered_resolutions) < len(events)  # the kill really happened mid-load
     finally:
