@@ -152,8 +152,7 @@ def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset |
         device = ft.resolved_device()
         hooks.step(f"fine-tuning {backbone} for {ft.epochs} epochs on {device} ({len(paths)} images)")
         images = [load_image(p) for p in paths]
-        steps = max(1, len(paths) // ft.batch_size) * ft.epochs
-        hooks.train_start(steps, "fine-tuning")
+        hooks.train_start(ft.steps_per_epoch(len(paths)) * ft.epochs, "fine-tuning")
         try:
             net, rep = finetune_backbone(
                 net, images, labels, config=ft, init_weight=probe.coef_, init_bias=probe.intercept_,

@@ -26,8 +26,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's own convention
 
 from skuscale.data.augment import ShelfAugment
+from skuscale.data.preprocess import Preprocessing, preprocess_image
 from skuscale.data.sampling import balanced_indices, uniform_indices
-from skuscale.embed.backbone import EmbeddingNet
+from skuscale.embed.backbone import CENTRE_CROP_FRACTION, EmbeddingNet
 from skuscale.embed.finetune_config import LOSSES, SAMPLERS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 
@@ -97,14 +98,6 @@ def _central_region(img: Image.Image, region: float) -> Image.Image:
     img = img.crop(box)
     img.load()
     return img
-
-
-def _centre_view(region_img: Image.Image, size: int, augment: ShelfAugment, keep: float = 0.7 / 0.85) -> np.ndarray:
-    side = keep * min(region_img.size)
-    left, top = (region_img.width - side) / 2, (region_img.height - side) / 2
-    view = region_img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
-    arr = (np.asarray(view, dtype=np.float32) - np.float32(augment.mean)) / np.float32(augment.std)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def state_digest(module: nn.Module) -> str:
@@ -199,8 +192,11 @@ def finetune_backbone(
         with torch.inference_mode():
             net.eval()
             feats = []
+            # The build's evaluation view, on images already cut to the central region.
+            centre = Preprocessing(image_size=size, resize_shorter=round(size * config.region / CENTRE_CROP_FRACTION),
+                                   mean=augment.mean, std=augment.std)
             for start in range(0, len(regions), 64):
-                batch = np.stack([_centre_view(r, size, augment) for r in regions[start:start + 64]])
+                batch = np.stack([preprocess_image(r, centre) for r in regions[start:start + 64]])
                 feats.append(F.normalize(net(torch.from_numpy(batch)), dim=1).numpy())
         feats = np.concatenate(feats)
         means = np.stack([feats[y == k].mean(0) for k in range(classes.size)])
@@ -220,7 +216,7 @@ def finetune_backbone(
          {"params": head_params, "lr": config.lr * config.head_lr_multiplier}],
         weight_decay=config.weight_decay,
     )
-    steps_per_epoch = max(1, labels.size // config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(labels.size)
     total = steps_per_epoch * config.epochs
     warmup = config.warmup_epochs * steps_per_epoch
 

@@ -101,6 +101,10 @@ class FinetuneConfig:
         """The settings as a JSON-able dict."""
         return asdict(self)
 
+    def steps_per_epoch(self, n_images: int) -> int:
+        """Optimiser steps in one epoch over ``n_images`` (an epoch draws that many views)."""
+        return max(1, int(n_images) // int(self.batch_size))
+
     def resolved_device(self) -> str:
         """``"cuda"`` or ``"cpu"``; raises :class:`SkuscaleError` if CUDA is asked for but absent."""
         import torch
