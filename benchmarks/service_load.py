@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from skuscale.serve.drill import kill_under_load
+from skuscale.serve.drill import kill_under_load, wait_until_ready
 from skuscale.serve.settings import hash_token
 
 DEVICE, REVIEWER = "bench-device-token-0123456789", "bench-reviewer-token-0123456789"
@@ -54,18 +54,7 @@ def start_server(bundle: Path, data_dir: Path, port: int, db: str | None) -> sub
     if db:
         cmd += ["--db", db]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    return wait_until_ready(proc, f"http://127.0.0.1:{port}", timeout=120)
 
 
 def load_level(url: str, blobs: list[bytes], concurrency: int, n_requests: int) -> dict:

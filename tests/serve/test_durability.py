@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from skuscale.serve.drill import kill_under_load
+from skuscale.serve.drill import kill_under_load, wait_until_ready
 from tests.serve.conftest import DEVICE_TOKEN, REVIEWER_TOKEN, TOKENS, _free_port, held_out_paths, image_bytes
 
 pytestmark = pytest.mark.slow
@@ -26,18 +25,7 @@ def spawn(serve_bundle, data_dir, port, db_config) -> subprocess.Popen:
     if db_config.get("db_url"):
         cmd += ["--db", db_config["db_url"]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    return wait_until_ready(proc, f"http://127.0.0.1:{port}", timeout=60)
 
 
 def test_kill_9_loses_no_answered_resolution_or_enrolment(serve_bundle, tmp_path, db_config):

@@ -22,6 +22,29 @@ class DrillResult:
     enrolled: list[str] = field(default_factory=list)
 
 
+def wait_until_ready(proc: subprocess.Popen, url: str, *, timeout: float = 60.0) -> subprocess.Popen:
+    """Poll ``url/readyz`` until the server started as ``proc`` answers 200.
+
+    Raises ``RuntimeError`` with the end of its stderr if it exits first, and kills it
+    if it is not ready within ``timeout`` seconds.
+    """
+    import httpx
+
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            raise RuntimeError(f"server exited: {stderr}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not become ready in {timeout:g} s")
+
+
 def kill_under_load(
     proc: subprocess.Popen,
     url: str,
