@@ -130,9 +130,14 @@ def oracle_automation(conf: np.ndarray, correct: np.ndarray, precision: float = 
     return float((ok.max() + 1) / conf.size) if ok.size else 0.0
 
 
-def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts) -> dict:
-    """The protocol in the module docstring, on embeddings."""
-    cfg = TrainingConfig()
+def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus=None,
+          config: TrainingConfig | None = None) -> dict:
+    """The protocol in the module docstring, on embeddings.
+
+    ``ood_skus`` restricts the simulated unknowns to a bundle's sentinel SKUs (those
+    its backbone was not fine-tuned on), as the build does.
+    """
+    cfg = config or TrainingConfig()
     head = cfg.make_head().fit(X_fit, y_fit)
     pred = head.predict(X_val)
     correct = pred == y_val
@@ -152,14 +157,15 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts) -> dict:
         y = np.concatenate([y_fit, y_val[part == cal]])
         rows = np.r_[np.zeros(len(y_fit), bool), np.ones(int((part == cal).sum()), bool)]
         model, _ = fit_recognition_model(X, y, sku_to_category=sku_to_category, calibration_rows=rows, holdout=True,
-                                         config=bench_cfg)
+                                         config=bench_cfg, ood_skus=ood_skus)
         decisions += model.decide(X_val[part != cal])
         truth.append(y_val[part != cal])
     truth = np.concatenate(truth)
     routed = decision_metrics(decisions, truth, catalogue=sorted(set(y_fit)), sku_to_category=sku_to_category,
                               true_categories=[sku_to_category[s] for s in truth])
     conf = np.array([d.confidence for d in decisions])
-    right = np.array([d.sku for d in decisions]) == truth
+    predicted = np.array([d.sku for d in decisions])
+    right = predicted == truth
     return {
         "n_val": int(y_val.size),
         "top1": float(correct.mean()),
@@ -172,6 +178,26 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts) -> dict:
         "ece": routed["ece"],
         "routed_top1": routed["top1"],
         "oracle_automation_at_99": oracle_automation(conf, right),
+        **automation_limits(conf, right, truth, predicted),
+    }
+
+
+def automation_limits(conf, right, truth, predicted, top: int = 5) -> dict:
+    """What caps the 99%-precision point: the most confident errors, and the SKUs whose
+    photos, if they were absent, would raise the oracle automation most."""
+    errors = np.flatnonzero(~right)
+    worst = errors[np.argsort(-conf[errors])][:top]
+    base = oracle_automation(conf, right)
+    gains = {}
+    for sku in np.unique(truth[~right]):
+        keep = truth != sku
+        gains[str(sku)] = oracle_automation(conf[keep], right[keep]) - base
+    limiting = sorted(gains.items(), key=lambda kv: -kv[1])[:3]
+    return {
+        "most_confident_errors": [
+            {"true": str(truth[i]), "predicted": str(predicted[i]), "confidence": float(conf[i])} for i in worst
+        ],
+        "oracle_gain_without_sku": {sku: float(g) for sku, g in limiting},
     }
 
 
@@ -192,7 +218,11 @@ def run_bundle(path: Path, data: dict, args) -> dict:
     emb = {k: embed_paths(data[k]["paths"], embedder, cache=cache) for k in ("train", "val", "reference")}
     X_fit = np.concatenate([emb["train"], emb["reference"]])
     y_fit = np.concatenate([data["train"]["y"], data["reference"]["y"]])
-    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"])
+    from skuscale.assess.context import training_config_of
+
+    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"],
+                    ood_skus=bundle.metadata["training"].get("ood_sentinels") or None,
+                    config=training_config_of(bundle))
     ft = bundle.metadata["training"].get("finetune")
     return {
         "variant": f"bundle:{path.name}",
@@ -270,6 +300,13 @@ def markdown(rows: list[dict]) -> str:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "What caps automation at 99% precision (routed val photos):", ""]
+    for r in rows:
+        errors = ", ".join(f"{e['true']} → {e['predicted']} ({e['confidence']:.3f})"
+                           for e in r.get("most_confident_errors", [])[:3])
+        gains = ", ".join(f"{sku} +{g:.3f}" for sku, g in r.get("oracle_gain_without_sku", {}).items())
+        lines.append(f"* {r['variant']}: most confident errors {errors or '-'}; oracle gain without a SKU's "
+                     f"photos: {gains or '-'}")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,8 @@ def main() -> None:
     calib = np.arange(y.size) < len(train)
     cats = {**ref.categories(), **train.categories()}
     refit8, _ = fit_recognition_model(X32, y, sku_to_category=cats, calibration_rows=calib,
-                                      config=TrainingConfig(**cfg), X_heldout=X8)
+                                      config=TrainingConfig(**cfg), X_heldout=X8,
+                                      ood_skus=bundle.metadata["training"].get("ood_sentinels") or None)
     rows["int8_crossfit_refit"] = {**score(refit8, E["val", "8"], yv), "temperature": refit8.temperature,
                                    "raised": int((refit8.router.sku_threshold_vector()
                                                    > model.router.sku_threshold_vector()).sum()),

@@ -17,7 +17,9 @@ from skuscale.training import (
 
 K, N, D = 12, 30, 32
 NOISE = 1.3  # per-row noise norm ~1.3 around unit-norm centres: some confusions, three bands
-CONFIG = TrainingConfig(n_folds=3, ood_folds=3, detectors=("msp", "knn", "prototype"))
+# A traffic share of unknowns (20%) about what these folds hold out (3 of 12 SKUs): the far
+# cluster below is that share, so none of it may be auto-accepted.
+CONFIG = TrainingConfig(n_folds=3, ood_folds=3, detectors=("msp", "knn", "prototype"), unknown_share=0.2)
 SKUS = [f"sku{i:02d}" for i in range(K)]
 CATEGORIES = {s: f"cat{i % 3}" for i, s in enumerate(SKUS)}
 
@@ -304,3 +306,72 @@ def test_heldout_embeddings_change_the_predictions_not_the_head(synthetic, fitte
     assert other_report.crossval["top1"] < report.crossval["top1"]
     with pytest.raises(ValueError, match="X_heldout"):
         fit_recognition_model(X, y, config=CONFIG, X_heldout=X[:, :-1])
+
+
+def test_ood_skus_restrict_the_simulated_unknowns(synthetic):
+    X, y, *_ = synthetic
+    sentinels = ["sku02", "sku05", "sku09"]
+    model, report = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG, ood_skus=sentinels)
+    held = [s for group in report.ood_heldout_skus for s in group]
+    assert held and set(held) <= set(sentinels)
+    assert len(held) == len(set(held))
+    # sentinels stay in the catalogue
+    assert model.skus == sorted(SKUS)
+    assert report.detector in report.detector_scores
+
+
+def test_ood_skus_without_calibration_rows_leave_no_folds(synthetic):
+    X, y, *_ = synthetic
+    calib = y != "sku04"
+    _, report = fit_recognition_model(X, y, calibration_rows=calib, config=CONFIG, ood_skus=["sku04"])
+    assert report.ood_heldout_skus == []
+    assert np.isnan(report.heldout_detection_rate)
+
+
+@pytest.mark.parametrize(
+    ("n_candidates", "n_skus", "fraction", "size", "expected_groups"),
+    [
+        (8, 81, 0.05, 4, 2),  # a build's 8 sentinels: two folds of round(0.05 * 81)
+        (3, 81, 0.05, 3, 1),  # fewer candidates than a group: one smaller group
+        (8, 20, 0.05, 1, 8),
+        (8, 9, 0.05, 1, 7),  # two SKUs of the catalogue stay known
+    ],
+)
+def test_sku_holdout_groups_from_candidates(n_candidates, n_skus, fraction, size, expected_groups):
+    candidates = [f"s{i:02d}" for i in range(n_candidates)]
+    groups = sku_holdout_groups(candidates, 8, fraction, np.random.default_rng(0), n_skus=n_skus)
+    assert len(groups) == expected_groups
+    assert all(len(g) == size for g in groups)
+    flat = [s for g in groups for s in g]
+    assert len(flat) == len(set(flat)) and set(flat) <= set(candidates)
+
+
+def test_unknown_weight_gives_simulated_unknowns_the_assumed_share():
+    from skuscale.training import _unknown_weight
+
+    # 300 known held-out rows, 40 simulated unknown images, 2% of traffic unknown:
+    # 40 * w / (300 + 40 * w) = 0.02  ->  w = 0.02 / 0.98 * 300 / 40
+    w = _unknown_weight(TrainingConfig(unknown_share=0.02), 300, 40)
+    assert w == pytest.approx(0.02 / 0.98 * 300 / 40)
+    assert 40 * w / (300 + 40 * w) == pytest.approx(0.02)
+    assert _unknown_weight(TrainingConfig(unknown_share=None), 300, 40) == 1.0
+    assert _unknown_weight(TrainingConfig(unknown_share=0.02), 300, 0) == 1.0
+
+
+def test_a_larger_unknown_share_never_loosens_thresholds(synthetic):
+    X, y, *_ = synthetic
+    tables = {}
+    for share in (0.01, 0.3):
+        cfg = TrainingConfig(n_folds=3, ood_folds=3, detectors=("msp",), unknown_share=share)
+        model, _ = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=cfg)
+        tables[share] = model.router.sku_thresholds
+    low, high = tables[0.01], tables[0.3]
+    assert all(high.per_sku[s] >= low.per_sku[s] for s in SKUS)
+    assert any(high.per_sku[s] > low.per_sku[s] for s in SKUS)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
+def test_bad_unknown_share(synthetic, share):
+    X, y, *_ = synthetic
+    with pytest.raises(ValueError, match="unknown_share"):
+        fit_recognition_model(X, y, config=TrainingConfig(unknown_share=share))

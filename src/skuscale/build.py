@@ -24,6 +24,8 @@ EXPORT_CHECK_IMAGES = 8
 #: Without --val, a fine-tuned build holds this share of each SKU's training photos
 #: (the last ones in manifest order, so whole shooting sessions) out for calibration.
 CARVED_CALIBRATION_FRACTION = 0.1
+#: Share of the catalogue kept out of fine-tuning as sentinel SKUs when not given.
+DEFAULT_SENTINEL_FRACTION = 0.1
 #: SKUs with fewer training photos give none to the carved calibration set.
 CARVE_MIN_IMAGES = 5
 
@@ -122,6 +124,38 @@ def carve_calibration(ds: Dataset, fraction: float = CARVED_CALIBRATION_FRACTION
     return ds.subset(np.flatnonzero(~carved)), ds.subset(np.flatnonzero(carved))
 
 
+def choose_sentinels(train_ds: Dataset, calibration_ds: Dataset | None, n: int, *, seed: int) -> list[str]:
+    """``n`` SKUs with training and calibration photos, drawn at random (reproducible under ``seed``).
+
+    Raises :class:`SkuscaleError` when fewer than ``n`` such SKUs exist, or when
+    fewer than two SKUs would be left to fine-tune on.
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise SkuscaleError(f"--ood-sentinels must be a non-negative integer, got {n!r}")
+    skus = sorted(set(train_ds.skus))
+    candidates = sorted(set(skus) & set(calibration_ds.skus)) if calibration_ds is not None else []
+    if n > len(candidates):
+        raise SkuscaleError(f"--ood-sentinels {n}: only {len(candidates)} SKUs have both training and calibration "
+                            "photos (sentinels need calibration photos to measure the OOD stage on)")
+    if len(skus) - n < 2:
+        raise SkuscaleError(f"--ood-sentinels {n} leaves fewer than two of the {len(skus)} SKUs to fine-tune on")
+    rng = np.random.default_rng(seed)
+    return sorted(candidates[i] for i in rng.choice(len(candidates), size=n, replace=False))
+
+
+def default_sentinel_count(train_ds: Dataset, calibration_ds: Dataset | None) -> int:
+    """:data:`DEFAULT_SENTINEL_FRACTION` of the catalogue, within what :func:`choose_sentinels` accepts."""
+    skus = set(train_ds.skus)
+    candidates = skus & set(calibration_ds.skus) if calibration_ds is not None else set()
+    wanted = max(1, round(DEFAULT_SENTINEL_FRACTION * len(skus)))
+    return max(0, min(wanted, len(candidates), len(skus) - 2))
+
+
+def _without(ds: Dataset, skus: Sequence[str]) -> Dataset | None:
+    keep = np.flatnonzero(~np.isin(ds.labels, list(skus)))
+    return ds.subset(keep) if keep.size else None
+
+
 def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset | None, *, ft: FinetuneConfig,
               cache: EmbeddingCache, cache_root: Path, batch_size: int, hooks: BuildProgress, head_config):
     """Fine-tune ``net`` on train (+ reference) photos, or load the identical earlier run."""
@@ -179,6 +213,7 @@ def _fit_and_package(
     cfg: TrainingConfig,
     hooks: BuildProgress,
     training: dict,
+    ood_skus: Sequence[str] | None = None,
 ) -> tuple:
     """Fit the decision stack on embeddings; shared by image and embedding-file builds."""
     has_val = bool((origin == "val").any())
@@ -190,6 +225,7 @@ def _fit_and_package(
         holdout=has_val,
         config=cfg,
         step=hooks.step,
+        ood_skus=ood_skus,
     )
     counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
     metadata = {
@@ -283,6 +319,7 @@ def build_bundle(
     progress: BuildProgress | None = None,
     device: str | os.PathLike | None = None,
     finetune: FinetuneConfig | None = None,
+    ood_sentinels: int | None = None,
 ) -> BuildResult:
     """Validate data, embed it (cached), export and verify ONNX, fit and save a bundle.
 
@@ -317,6 +354,16 @@ def build_bundle(
         SKU's training photos are held out of fine-tuning for that purpose. The
         fine-tuned weights are cached under ``cache_dir/finetuned`` by a key over the
         base weights, the settings and the exact training images.
+    ood_sentinels : int, optional
+        With fine-tuning: this many SKUs with calibration photos (drawn with the
+        config's seed) are kept out of fine-tuning, and only they simulate unknown
+        products when the OOD detector is chosen, its detection rate estimated and
+        the thresholds account for unknowns that slip past it. A SKU the backbone
+        was fine-tuned on is no unknown to it: with 0 sentinels all of that is
+        optimistic (``metadata["training"]["ood_basis"]`` says which). The
+        sentinels stay in the catalogue, recognised on transferred features. Default:
+        :data:`DEFAULT_SENTINEL_FRACTION` of the catalogue (as many as have
+        calibration photos, leaving two SKUs to fine-tune on).
     """
     from skuscale.data.images import load_image
     from skuscale.data.preprocess import preprocess_batch
@@ -360,14 +407,27 @@ def build_bundle(
 
     carved = False
     finetune_info = None
+    sentinels: list[str] = []
+    if ood_sentinels and ft.epochs <= 0:
+        raise SkuscaleError("--ood-sentinels needs fine-tuning: a frozen backbone has seen none of the SKUs, so "
+                            "every SKU already simulates an unknown product honestly")
     if ft.epochs > 0:
         if val_ds is None:
             train_ds, val_ds = carve_calibration(train_ds)
             carved = val_ds is not None
             if carved:
                 hooks.step(f"no --val: {len(val_ds)} training photos held out of fine-tuning for calibration")
+        ft_train, ft_ref = train_ds, ref_ds
+        if ood_sentinels is None:
+            ood_sentinels = default_sentinel_count(train_ds, val_ds)
+        if ood_sentinels:
+            sentinels = choose_sentinels(train_ds, val_ds, ood_sentinels, seed=cfg.seed)
+            hooks.step(f"{len(sentinels)} sentinel SKUs kept out of fine-tuning to test the OOD stage: "
+                       + ", ".join(sentinels))
+            ft_train = _without(train_ds, sentinels)
+            ft_ref = _without(ref_ds, sentinels) if ref_ds is not None else None
         net, embedder, finetune_info = _finetune(
-            net, backbone, embedder, train_ds, ref_ds, ft=ft, cache=cache, cache_root=cache_root,
+            net, backbone, embedder, ft_train, ft_ref, ft=ft, cache=cache, cache_root=cache_root,
             batch_size=batch_size, hooks=hooks, head_config=cfg,
         )
 
@@ -406,7 +466,10 @@ def build_bundle(
             "excluded_skus": sorted(exclude_skus),
             "n_images": {label: len(ds) for label, ds in parts},
             "calibration_carved_from_train": carved,
+            "ood_sentinels": sentinels,
+            "ood_basis": "sentinels" if sentinels else ("finetuned_on_heldout" if finetune_info else "frozen"),
         },
+        ood_skus=sentinels or None,
     )
     metadata["training"]["finetune"] = finetune_info
     if plan is not None:

@@ -57,6 +57,10 @@ class TrainingConfig:
         global); None keeps :func:`skuscale.routing.fit_thresholds`' default.
     threshold_method : {"shrinkage", "clopper_pearson"}
         Rule of :func:`skuscale.routing.fit_thresholds`.
+    unknown_share : float or None
+        Share of traffic assumed to be unknown products when thresholds are fitted:
+        simulated unknowns that pass the OOD stage count as errors with this weight
+        (shrinkage rule only; None counts every simulated unknown image once).
     final_on_calibration : bool
         Whether the final head also trains on the calibration rows (more data and
         more shooting sessions; set False to measure the head on them honestly).
@@ -74,6 +78,7 @@ class TrainingConfig:
     target_precision: float = 0.99
     min_support: int | None = None
     threshold_method: str = "shrinkage"
+    unknown_share: float | None = 0.02
     final_on_calibration: bool = True
     seed: int = 0
 
@@ -113,12 +118,20 @@ def blocked_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.n
 
 
 def sku_holdout_groups(
-    skus: Sequence[str], n_groups: int, fraction: float, rng: np.random.Generator
+    skus: Sequence[str], n_groups: int, fraction: float, rng: np.random.Generator, *, n_skus: int | None = None
 ) -> list[list[str]]:
-    """Disjoint random groups of about ``fraction`` of the SKUs, leaving at least two known."""
+    """Disjoint random groups of about ``fraction`` of the catalogue, drawn from ``skus``.
+
+    ``n_skus`` is the catalogue size (default ``len(skus)``, i.e. every SKU may be
+    held out); at least two SKUs of the catalogue always stay known. When ``skus``
+    is a smaller candidate list (sentinel SKUs), groups shrink to fit it.
+    """
     skus = list(skus)
-    size = max(1, round(fraction * len(skus)))
-    n_groups = max(0, min(n_groups, (len(skus) - 2) // size))
+    total = len(skus) if n_skus is None else int(n_skus)
+    size = max(1, round(fraction * total))
+    if n_skus is not None:
+        size = max(1, min(size, len(skus)))
+    n_groups = max(0, min(n_groups, len(skus) // size, (total - 2) // size))
     order = [skus[i] for i in rng.permutation(len(skus))]
     return [sorted(order[g * size : (g + 1) * size]) for g in range(n_groups)]
 
@@ -129,6 +142,20 @@ def _make_fitted_detector(name: str, head: LinearHead, temperature: float, X: np
     if hasattr(klass, "from_head"):
         return klass.from_head(head, temperature=temperature)
     return make_detector(name).fit(X, y)
+
+
+def _unknown_weight(cfg: TrainingConfig, n_known: int, n_unknown: int) -> float:
+    """Weight of one simulated unknown image in the threshold fit.
+
+    Every simulated unknown image (caught or not) stands for ``unknown_share`` of the
+    traffic against the known held-out images, whatever the number of folds and
+    held-out SKUs happens to be; None counts each image once (the share is then
+    ``n_unknown / (n_known + n_unknown)``, an accident of the fold design).
+    """
+    if cfg.unknown_share is None or n_unknown == 0:
+        return 1.0
+    share = float(cfg.unknown_share)
+    return share / (1.0 - share) * n_known / n_unknown
 
 
 def _aligned_logits(head: LinearHead, X: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
@@ -148,6 +175,7 @@ def fit_recognition_model(
     config: TrainingConfig | None = None,
     step: StepCallback | None = None,
     X_heldout=None,
+    ood_skus=None,
 ) -> tuple[RecognitionModel, TrainingReport]:
     """Fit head, temperature, OOD detector and per-SKU thresholds on embeddings.
 
@@ -175,6 +203,12 @@ def fit_recognition_model(
         known and held-out-SKU rows); every head and detector is still trained on
         ``X``. Temperature, OOD cut-off and thresholds then describe a deployment
         that runs the ``X``-trained head on ``X_heldout``-style embeddings.
+    ood_skus : sequence of str, optional
+        The only SKUs the OOD folds may hold out as unknown products (default: any
+        SKU with calibration rows). A build with a fine-tuned backbone passes the
+        SKUs it kept out of fine-tuning ("sentinels"): SKUs the backbone was trained
+        on are not unknown to it, and simulating unknowns with them flatters the
+        detector (see :func:`sku_holdout_groups`).
 
     Returns
     -------
@@ -183,6 +217,8 @@ def fit_recognition_model(
     report : TrainingReport
     """
     cfg = config or TrainingConfig()
+    if cfg.unknown_share is not None and not 0.0 < cfg.unknown_share < 1.0:
+        raise ValueError(f"unknown_share must be in (0, 1) or None, got {cfg.unknown_share!r}")
     say = step or (lambda _msg: None)
     X, y = check_X_y(X, y)
     y = y.astype(str)
@@ -221,7 +257,11 @@ def fit_recognition_model(
     cv_correct = cv_pred == y[calib]
 
     # 2. Unknown products simulated by held-out SKUs (drawn among SKUs with calibration rows).
-    groups = sku_holdout_groups(np.unique(y[calib]), cfg.ood_folds, cfg.ood_holdout_fraction, rng)
+    candidates = np.unique(y[calib])
+    if ood_skus is not None:
+        candidates = np.intersect1d(candidates, np.asarray(list(ood_skus), dtype=str))
+    groups = sku_holdout_groups(candidates, cfg.ood_folds, cfg.ood_holdout_fraction, rng,
+                                n_skus=None if ood_skus is None else catalogue.size)
     say(f"comparing OOD detectors on {len(groups)} held-out-SKU folds")
     known_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
     unknown_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
@@ -279,12 +319,16 @@ def fit_recognition_model(
         conf_rows.append(np.concatenate(unknown_conf)[passed])
         pred_rows.append(np.concatenate(unknown_pred)[passed])
         correct_rows.append(np.zeros(int(passed.sum()), bool))
+    weights = [np.ones(cv_conf.size)]
+    if len(conf_rows) > 1:
+        weights.append(np.full(conf_rows[1].size, _unknown_weight(cfg, int(calib.sum()), sum(map(len, unknown_conf)))))
     threshold_kwargs: dict = {"target_precision": cfg.target_precision, "method": cfg.threshold_method}
     if cfg.min_support is not None:
         threshold_kwargs["min_support"] = cfg.min_support
     sku_table = fit_thresholds(
         np.concatenate(conf_rows), np.concatenate(pred_rows).astype(str), np.concatenate(correct_rows),
         skus=list(catalogue), sku_to_category=sku_to_category, **threshold_kwargs,
+        sample_weight=np.concatenate(weights) if cfg.threshold_method == "shrinkage" else None,
     )
     category_table = None
     if sku_to_category and all(s in sku_to_category for s in catalogue):

@@ -45,3 +45,15 @@ def test_detector_name_and_too_few_skus():
     assert detector_name(PrototypeCosineDetector()) == "prototype"
     with pytest.raises(ValueError, match="too few SKUs"):
         heldout_sku_detection(np.ones((4, 2)), ["a", "a", "b", "b"])
+
+
+def test_candidates_are_the_only_held_out_skus():
+    X, y = _clusters(np.eye(20) * 10, 12, 0.5, 0)
+    sentinels = ["s03", "s11", "s17"]
+    result = heldout_sku_detection(X, y, detectors=("prototype",), folds=8, holdout_fraction=0.05,
+                                   candidates=sentinels)
+    held = [s for g in result["groups"] for s in g]
+    assert sorted(held) == sentinels
+    assert set(result["detectors"]["prototype"]["per_sku"]) == set(sentinels)
+    with pytest.raises(ValueError, match="sentinel"):
+        heldout_sku_detection(X, y, detectors=("prototype",), candidates=["not-a-sku"])

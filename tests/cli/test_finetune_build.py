@@ -27,6 +27,7 @@ def tuned(small_real, tmp_path_factory):
     result = runner.invoke(app, [
         "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--out", str(root / "b"), "--cache-dir", str(cache), *FAST,
+        "--ood-sentinels", "0",
     ])
     assert result.exit_code == 0, result.output
     return {"root": root, "cache": cache, "bundle": root / "b", "output": result.output}
@@ -58,6 +59,7 @@ def test_rebuild_reuses_the_fine_tuned_weights(tuned, small_real):
     result = runner.invoke(app, [
         "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
         "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(tuned["cache"]), *FAST,
+        "--ood-sentinels", "0",
     ])
     assert result.exit_code == 0, result.output
     first = json.loads((tuned["bundle"] / "bundle.json").read_text())
@@ -74,9 +76,12 @@ def test_without_val_calibration_photos_are_held_out_of_fine_tuning(small_real, 
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "bundle.json").read_text())
     assert doc["training"]["calibration_carved_from_train"] is True
-    # 6 SKUs x 10 photos: one per SKU is held out, so fine-tuning saw 54.
+    # 6 SKUs x 10 photos: one per SKU is held out, and by default 10% of the SKUs (here one)
+    # are sentinels kept out of fine-tuning, so fine-tuning saw 5 x 9 photos.
     assert doc["training"]["n_images"] == {"train": 54, "val": 6}
-    assert doc["training"]["finetune"]["report"]["images"] == 54
+    assert len(doc["training"]["ood_sentinels"]) == 1
+    assert doc["training"]["ood_basis"] == "sentinels"
+    assert doc["training"]["finetune"]["report"]["images"] == 45
 
 
 def test_carve_calibration_takes_the_last_photos_of_each_sku(small_real):
@@ -98,3 +103,61 @@ def test_finetune_flags_are_checked(small_real, tmp_path):
                                  "--finetune-epochs", "2"])
     assert result.exit_code == 2
     assert "--embeddings" in result.output
+
+
+def _check5(bundle_dir, small_real, cache):
+    from skuscale.assess.context import load_context
+    from skuscale.assess.ood_heldout import OodHeldoutCheck
+
+    ctx = load_context(bundle_dir, small_real["train"], val=small_real["val"], cache_dir=cache)
+    check = OodHeldoutCheck()
+    return check, ctx
+
+
+def test_without_sentinels_the_ood_estimate_is_marked_optimistic_and_check5_skips(tuned, small_real):
+    doc = json.loads((tuned["bundle"] / "bundle.json").read_text())
+    assert doc["training"]["ood_basis"] == "finetuned_on_heldout"
+    assert doc["training"]["ood_sentinels"] == []
+    assert "optimistic" in tuned["output"]
+    check, ctx = _check5(tuned["bundle"], small_real, tuned["cache"])
+    reason = check.missing_inputs(ctx)
+    assert reason and "--ood-sentinels" in reason
+
+
+def test_sentinel_skus_stay_out_of_fine_tuning_and_are_the_only_simulated_unknowns(small_real, tmp_path):
+    out, cache = tmp_path / "b", tmp_path / "cache"
+    result = runner.invoke(app, [
+        "build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "--reference", str(small_real["reference"]), "--out", str(out), "--cache-dir", str(cache),
+        "--ood-sentinels", "3", *FAST,
+    ])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "bundle.json").read_text())
+    sentinels = doc["training"]["ood_sentinels"]
+    assert len(sentinels) == 3 and set(sentinels) <= set(small_real["skus"])
+    assert doc["training"]["ood_basis"] == "sentinels"
+    # Fine-tuning saw the 3 other SKUs only: 10 photos + 1 reference shot each.
+    assert doc["training"]["finetune"]["report"]["images"] == 33
+    # ... but the catalogue keeps all six, and only sentinels were held out as unknowns.
+    assert sorted(Bundle.load(out).skus) == sorted(small_real["skus"])
+    held = {s for group in doc["build"]["ood_heldout_skus"] for s in group}
+    assert held and held <= set(sentinels)
+    assert "sentinel SKUs" in result.output
+    check, ctx = _check5(out, small_real, cache)
+    assert check.missing_inputs(ctx) is None
+    verdict = check.run(ctx, {**check.defaults, "compare_detectors": False})
+    assert set(verdict.details["detectors"][verdict.details["bundle_detector"]]["per_sku"]) <= set(sentinels)
+    assert "sentinel SKUs never seen by fine-tuning" in verdict.summary
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--ood-sentinels", "5"], "leaves fewer than two"),
+    (["--ood-sentinels", "2", "--finetune-epochs", "0"], "needs fine-tuning"),
+])
+def test_bad_sentinel_requests_fail_clearly(small_real, tmp_path, extra, message):
+    args = ["build", "--train", str(small_real["train"]), "--val", str(small_real["val"]), "--out",
+            str(tmp_path / "b"), "--cache-dir", str(tmp_path / "cache"), *FAST, *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not (tmp_path / "b").exists()

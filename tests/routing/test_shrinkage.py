@@ -304,3 +304,45 @@ def test_large_inputs_use_a_bounded_grid_of_observed_confidences(monkeypatch):
     # A coarser grid can only move a threshold up to the next candidate, never below the fine answer.
     assert coarse.global_ >= full.global_
     assert coarse.global_ - full.global_ < 0.02
+
+
+def test_integer_weights_equal_repeated_rows():
+    weights = np.array([2, 1, 3, 1, 2])
+    repeated = np.repeat(np.arange(5), weights)
+    rng = np.random.default_rng(0)
+    for target in (0.8, 0.9, 0.95):
+        kw = {"skus": ["a", "b", "c"], "sku_to_category": {"a": "x", "b": "x"}, "prior_strength": 2.0,
+              "target_precision": target, "min_support": 3}
+        weighted = fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, sample_weight=weights, **kw)
+        copies = fit_thresholds(GLOBAL_CONF[repeated], GLOBAL_PRED[repeated], GLOBAL_CORR[repeated], **kw)
+        assert weighted.per_sku == pytest.approx(copies.per_sku)
+        assert weighted.per_category == pytest.approx(copies.per_category)
+        assert weighted.global_ == pytest.approx(copies.global_)
+        assert weighted.source == copies.source
+    # unit weights change nothing
+    ones = fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, sample_weight=np.ones(5), skus=["a", "b"],
+                          target_precision=0.9, confidence_level=float(rng.uniform(0.5, 0.9)))
+    plain = fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, skus=["a", "b"], target_precision=0.9,
+                           confidence_level=ones.confidence_level)
+    assert ones.to_dict() == plain.to_dict()
+
+
+def test_down_weighted_error_matters_less():
+    # The wrong 0.85 row blocks the global threshold at 0.90 (target 0.9, k = 2); at a
+    # tenth of a row it no longer does: p_global(0.70) = (4 + 2 m) / (4.1 + 2) >= 0.9.
+    kw = {"skus": ["a", "b"], "sku_to_category": {}, "prior_strength": 2.0, "confidence_level": 0.5,
+          "target_precision": 0.9}
+    assert fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, **kw).global_ == pytest.approx(0.90)
+    light = fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, sample_weight=[1, 1, 0.1, 1, 1], **kw)
+    assert light.global_ == pytest.approx(0.70)
+
+
+@pytest.mark.parametrize(("weights", "kwargs", "match"), [
+    ([1, 1, 1, 1], {}, "sample_weight"),
+    ([1, 1, -1, 1, 1], {}, "sample_weight"),
+    ([1, 1, np.nan, 1, 1], {}, "sample_weight"),
+    ([1, 1, 2, 1, 1], {"method": "clopper_pearson"}, "shrinkage"),
+])
+def test_bad_sample_weight(weights, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_thresholds(GLOBAL_CONF, GLOBAL_PRED, GLOBAL_CORR, skus=["a", "b"], sample_weight=weights, **kwargs)

@@ -30,7 +30,7 @@ def detector_name(detector) -> str:
 def heldout_sku_detection(
     X, y, *, calibration_rows=None, detectors: Sequence[str] = ("prototype",), temperature: float = 1.0,
     folds: int = 8, holdout_fraction: float = 0.05, flag_rate: float = 0.05, n_known_folds: int = 5,
-    config: TrainingConfig | None = None, init=None, seed: int = 0,
+    config: TrainingConfig | None = None, init=None, seed: int = 0, candidates: Sequence[str] | None = None,
 ) -> dict:
     """Detection rate of held-out SKUs per detector, pooled over folds.
 
@@ -54,6 +54,9 @@ def heldout_sku_detection(
         Head settings.
     init : LinearHead, optional
         Warm start for the heads.
+    candidates : sequence of str, optional
+        The only SKUs that may be held out (a fine-tuned bundle's sentinel SKUs);
+        default every SKU with calibration rows.
 
     Returns
     -------
@@ -69,9 +72,14 @@ def heldout_sku_detection(
     rng = np.random.default_rng(seed)
     known_fold = np.full(y.size, -1)
     known_fold[calib] = blocked_folds(y[calib], n_known_folds, rng)
-    groups = sku_holdout_groups(np.unique(y[calib]), folds, holdout_fraction, rng)
+    pool = np.unique(y[calib])
+    if candidates is not None:
+        pool = np.intersect1d(pool, np.asarray(list(candidates), dtype=str))
+    groups = sku_holdout_groups(pool, folds, holdout_fraction, rng,
+                                n_skus=None if candidates is None else np.unique(y).size)
     if not groups:
-        raise ValueError("too few SKUs to hold any out (need at least three)")
+        raise ValueError("too few SKUs to hold any out (need at least three)" if candidates is None else
+                         "none of the sentinel SKUs has calibration images here")
     known: dict[str, list[np.ndarray]] = {d: [] for d in detectors}
     unknown: dict[str, list[np.ndarray]] = {d: [] for d in detectors}
     unknown_labels: list[np.ndarray] = []
@@ -109,6 +117,23 @@ def heldout_sku_detection(
             "n_known_images": int(sum(a.size for a in known[detectors[0]]))}
 
 
+def ood_basis(bundle) -> str | None:
+    """What the bundle's held-out SKUs are to its backbone.
+
+    ``"frozen"`` (ImageNet features: every SKU is new to the backbone),
+    ``"sentinels"`` (fine-tuned, with sentinel SKUs kept out of fine-tuning),
+    ``"finetuned_on_heldout"`` (fine-tuned on every SKU), or None for a bundle
+    built from an embedding file.
+    """
+    recorded = bundle.metadata.get("training", {}).get("ood_basis")
+    if recorded is not None:
+        return recorded
+    if not bundle.backbone.get("name"):
+        return None
+    # Bundles from before the basis was recorded.
+    return "finetuned_on_heldout" if bundle.backbone.get("finetuned") else "frozen"
+
+
 def assess_ood(result: dict, *, bundle_detector: str, min_detection: float = 0.70) -> CheckResult:
     """Check 5 on the output of :func:`heldout_sku_detection`."""
     main = result["detectors"][bundle_detector]
@@ -127,7 +152,9 @@ def assess_ood(result: dict, *, bundle_detector: str, min_detection: float = 0.7
                        "'verify' (raise the accept thresholds) until the backbone separates unseen products better "
                        "(fine-tune it on in-store photos, or use a stronger backbone)")
     summary = (f"the {bundle_detector} detector flags {rate:.1%} of images of held-out SKUs at a "
-               f"{main['known_flag_rate']:.1%} false-flag rate on known images ({len(result['groups'])} folds)")
+               f"{main['known_flag_rate']:.1%} false-flag rate on known images ({len(result['groups'])} folds"
+               + (f" over {len(result['sentinels'])} sentinel SKUs never seen by fine-tuning)"
+                  if result.get("sentinels") else ")"))
     return OodHeldoutCheck().result(status, value=rate, threshold=float(min_detection), summary=summary,
                                     details={**result, "bundle_detector": bundle_detector, "best_detector": best},
                                     actions=actions)
@@ -148,6 +175,11 @@ class OodHeldoutCheck(Check):
     def missing_inputs(self, ctx):
         if ctx.model is None or ctx.train_X is None:
             return "needs the bundle's model and training embeddings"
+        if ctx.bundle is not None and ood_basis(ctx.bundle) == "finetuned_on_heldout":
+            return ("needs SKUs the backbone was not fine-tuned on: this bundle's backbone was fine-tuned on every "
+                    "SKU, and held-out SKUs it was trained on are flagged far more often than products it has never "
+                    "seen, so they are no test (docs/accuracy.md). Rebuild without `--ood-sentinels 0`: by default "
+                    "`skuscale build` keeps 10% of the SKUs out of fine-tuning as sentinels")
         return None
 
     def run(self, ctx, params) -> CheckResult:
@@ -159,12 +191,19 @@ class OodHeldoutCheck(Check):
             calib = np.r_[np.zeros(len(ctx.train_y), bool), np.ones(len(ctx.val_y), bool)]
         else:
             X, y, calib = ctx.train_X, ctx.train_y, None
-        ctx.say(f"holding out {params['holdout_fraction']:.0%} of SKUs over {params['folds']} folds")
+        sentinels = None
+        if ctx.bundle is not None and ood_basis(ctx.bundle) == "sentinels":
+            sentinels = ctx.bundle.metadata["training"]["ood_sentinels"]
+            ctx.say(f"holding out the bundle's {len(sentinels)} sentinel SKUs (never seen by fine-tuning)")
+        else:
+            ctx.say(f"holding out {params['holdout_fraction']:.0%} of SKUs over {params['folds']} folds")
         result = heldout_sku_detection(
             X, y, calibration_rows=calib, detectors=names, temperature=ctx.model.temperature,
             folds=int(params["folds"]), holdout_fraction=float(params["holdout_fraction"]),
             flag_rate=ctx.ood_flag_rate, config=ctx.training_config, init=ctx.model.head, seed=ctx.seed,
+            candidates=sentinels,
         )
+        result["sentinels"] = sentinels
         return assess_ood(result, bundle_detector=name, min_detection=params["min_detection"])
 
     def figures(self, result):

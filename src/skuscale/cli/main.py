@@ -52,6 +52,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
+OOD_BASIS_NOTE = {
+    "sentinels": " (sentinel SKUs, unseen by fine-tuning)",
+    "finetuned_on_heldout": " [yellow](optimistic: the backbone was fine-tuned on these SKUs; see --ood-sentinels)[/]",
+}
+
+
 @app.command()
 def build(
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
@@ -77,6 +83,15 @@ def build(
     finetune_sampler: Annotated[str, typer.Option(help="balanced (every SKU equally often) or uniform.")] = "balanced",
     finetune_batch_size: Annotated[int, typer.Option(help="Images per fine-tuning step.")] = 32,
     finetune_device: Annotated[str, typer.Option(help="auto (GPU when torch sees one), cpu or cuda.")] = "auto",
+    ood_sentinels: Annotated[int | None, typer.Option(
+        help="Keep N SKUs with calibration photos out of fine-tuning; only they simulate unknown products, so "
+             "the OOD estimate and the thresholds' allowance for unknowns are honest. They stay in the catalogue. "
+             "Default: 10% of the SKUs. 0: every SKU is held out once, which a fine-tuned backbone makes "
+             "optimistic.", min=0)] = None,
+    unknown_share: Annotated[float, typer.Option(
+        help="Share of items at the camera that are not in the catalogue (new, seasonal products): simulated "
+             "unknowns that pass the OOD stage count as errors with this weight when thresholds are fitted. "
+             "Measure it from the review queue.")] = 0.02,
 ) -> None:
     """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
     from skuscale.build import build_bundle
@@ -95,6 +110,8 @@ def build(
         fail("--val and --reference apply to images; an embedding file carries its own split column", 2)
     if embeddings is not None and finetune_epochs:
         fail("--finetune-epochs trains the image backbone; it does not apply to --embeddings", 2)
+    if embeddings is not None and ood_sentinels:
+        fail("--ood-sentinels keeps SKUs out of backbone fine-tuning; it does not apply to --embeddings", 2)
     try:
         finetune = FinetuneConfig(
             epochs=DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs, lr=finetune_lr,
@@ -103,8 +120,11 @@ def build(
         )
     except ValueError as exc:
         fail(f"fine-tuning settings: {exc}", 2)
+    if not 0.0 < unknown_share < 0.5:
+        fail("--unknown-share must be in (0, 0.5)", 2)
     config = TrainingConfig(
-        target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed, final_on_calibration=train_on_val
+        target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed, final_on_calibration=train_on_val,
+        unknown_share=unknown_share,
     )
     try:
         if embeddings is not None:
@@ -117,7 +137,7 @@ def build(
             result = build_bundle(
                 train, out, val=val, reference=reference, exclude_skus=exclude_sku or [], backbone=backbone,
                 cache_dir=cache_dir, config=config, threads=threads, progress=RichBuildProgress(), device=device,
-                finetune=finetune,
+                finetune=finetune, ood_sentinels=ood_sentinels,
             )
     except SkuscaleError as exc:
         fail(str(exc))
@@ -131,7 +151,8 @@ def build(
     table.add_row("held-out ECE (before → after temperature)", f"{cv['ece_uncalibrated']:.4f} → {cv['ece']:.4f}")
     table.add_row("temperature", _fmt(build_info["temperature"]))
     table.add_row("OOD detector", build_info["detector"])
-    table.add_row("held-out-SKU detection", _fmt(build_info["heldout_detection_rate"]))
+    table.add_row("held-out-SKU detection", _fmt(build_info["heldout_detection_rate"])
+                  + OOD_BASIS_NOTE.get(b.metadata["training"].get("ood_basis"), ""))
     ft_info = b.metadata["training"].get("finetune")
     if ft_info:
         rep = ft_info.get("report")

@@ -325,6 +325,7 @@ def fit_thresholds(
     confidence_level: float = 0.8,
     method: str = "shrinkage",
     prior_strength: float = 20.0,
+    sample_weight=None,
 ) -> ThresholdTable:
     """Fit per-SKU auto-accept thresholds on held-out predictions.
 
@@ -353,6 +354,10 @@ def fit_thresholds(
         The rule (see the module docstring).
     prior_strength : float
         Pseudo-count ``k`` of the shrinkage rule.
+    sample_weight : array-like of float, shape (n,), optional
+        Weight of each row in the counts (``method="shrinkage"`` only), e.g. to give
+        simulated unknown products the share of traffic they are expected to have.
+        Group sizes compared with ``min_support`` are weighted too.
 
     Returns
     -------
@@ -405,6 +410,13 @@ def fit_thresholds(
     if not prior_strength > 0:
         raise ValueError(f"prior_strength must be positive, got {prior_strength!r}")
     cat_of = {str(k): str(v) for k, v in (sku_to_category or {}).items()}
+    weight = np.ones(n)
+    if sample_weight is not None:
+        weight = np.asarray(sample_weight, dtype=np.float64)
+        if weight.shape != (n,) or not np.isfinite(weight).all() or (weight < 0).any():
+            raise ValueError(f"sample_weight must be {n} finite non-negative numbers")
+        if method != "shrinkage" and not np.all(weight == 1.0):
+            raise ValueError("sample_weight needs method='shrinkage' (Clopper-Pearson bounds count whole rows)")
 
     pred = pred.astype(str)
     uniq, inv = np.unique(pred, return_inverse=True)
@@ -427,7 +439,7 @@ def fit_thresholds(
 
     if method == "shrinkage":
         return _fit_shrinkage(
-            conf, corr, pred, sku_list, cat_of, target, min_support, float(prior_strength), level
+            conf, corr, pred, sku_list, cat_of, target, min_support, float(prior_strength), level, weight
         )
 
     g_thr, _ = _resolve(
@@ -464,13 +476,17 @@ def fit_thresholds(
     )
 
 
-def _counts_at(conf: np.ndarray, corr: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with confidence >= each grid value, and correct rows among them."""
+def _counts_at(
+    conf: np.ndarray, corr: np.ndarray, grid: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted rows with confidence >= each grid value, and weighted correct rows among them."""
     order = np.argsort(conf)
     sorted_conf = conf[order]
-    correct_suffix = np.concatenate([np.cumsum(corr[order][::-1])[::-1], [0]])
+    w = weight[order]
+    total_suffix = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
+    correct_suffix = np.concatenate([np.cumsum((w * corr[order])[::-1])[::-1], [0.0]])
     start = np.searchsorted(sorted_conf, grid, side="left")
-    return (conf.size - start).astype(np.float64), correct_suffix[start].astype(np.float64)
+    return total_suffix[start], correct_suffix[start]
 
 
 def _beta_lower(a: np.ndarray, b: np.ndarray, level: float) -> np.ndarray:
@@ -497,6 +513,7 @@ def _fit_shrinkage(
     min_support: int,
     k: float,
     level: float,
+    weight: np.ndarray,
 ) -> ThresholdTable:
     grid = np.unique(conf)
     if grid.size > _MAX_GRID:
@@ -513,22 +530,22 @@ def _fit_shrinkage(
             method="shrinkage", prior_strength=k, category_source=dict.fromkeys(cats, "global"),
             support=dict.fromkeys(sku_list, 0),
         )
-    n_all, c_all = _counts_at(conf, corr, grid)
+    n_all, c_all = _counts_at(conf, corr, grid, weight)
     order = np.argsort(conf)
-    conf_suffix = np.concatenate([np.cumsum(conf[order][::-1])[::-1], [0.0]])
-    mean_conf = conf_suffix[np.searchsorted(conf[order], grid)] / np.maximum(n_all, 1)
+    conf_suffix = np.concatenate([np.cumsum((weight * conf)[order][::-1])[::-1], [0.0]])
+    mean_conf = conf_suffix[np.searchsorted(conf[order], grid)] / np.maximum(n_all, 1e-12)
     p_global = (c_all + k * mean_conf) / (n_all + k)
     g_bound = _beta_lower(c_all + k * mean_conf, (n_all - c_all) + k * (1.0 - mean_conf), level)
     g_thr = _smallest_meeting(grid, g_bound, n_all > 0, target)
 
     def level_threshold(rows: np.ndarray, prior: np.ndarray, parent_thr: float, parent_source: str, own: str):
-        n, c = _counts_at(conf[rows], corr[rows], grid)
+        n, c = _counts_at(conf[rows], corr[rows], grid, weight[rows])
         estimate = (c + k * prior) / (n + k)
         # Pick t on a lower credible bound, not the mean: taking the smallest of many
         # noisy estimates that clear the target would otherwise favour lucky streaks.
         bound = _beta_lower(c + k * prior, (n - c) + k * (1.0 - prior), level)
         own_thr = _smallest_meeting(grid, bound, np.ones_like(n, bool), target)
-        if int(rows.sum()) >= min_support:
+        if weight[rows].sum() >= min_support:
             return own_thr, own, estimate
         if own_thr > parent_thr:
             return own_thr, own, estimate
