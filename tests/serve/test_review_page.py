@@ -52,6 +52,10 @@ def test_resolve_by_click_and_by_key(server, chromium):
     first, second, third, fourth = events
     item = page.locator(f"#item-{first['event_id']}")
     # The query image and the candidates' reference images load (the cookie authorises them).
+    # Wait until the browser has finished with them: a broken image is complete with width 0.
+    for selector in (f"#item-{first['event_id']} img.query", f"#item-{first['event_id']} .cand img"):
+        page.wait_for_function("sel => { const img = document.querySelector(sel); return img && img.complete; }",
+                               arg=selector)
     assert item.locator("img.query").evaluate("img => img.naturalWidth") > 0
     assert item.locator(".cand img").first.evaluate("img => img.naturalWidth") > 0
     assert item.locator(".cand").count() == 3
