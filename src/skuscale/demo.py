@@ -238,10 +238,14 @@ def run_simulated(out: Path, console: Console, *, scale: float = 1.0, seed: int 
     pilot_top1 = naive_top1(pilot.part("train"), pilot.part("test"))
     say(f"  naive argmax top-1 {pilot_top1:.1%}")
 
+    # The thresholds allow for unknown products at the share the scenario has (in a store,
+    # the share the review queue reports as "not in the catalogue").
+    unknown_share = rollout_params.n_new_skus / (rollout_params.n_skus + rollout_params.n_new_skus)
     say(f"rollout: {rollout_params.n_skus} SKUs, families, Zipf counts, {rollout_params.n_new_skus} new SKUs "
-        f"in {rollout_params.months:g} months, drift on {rollout_params.drift_share:.0%}; building the bundle")
+        f"in {rollout_params.months:g} months, drift on {rollout_params.drift_share:.0%}; building the bundle "
+        f"(thresholds allow for {unknown_share:.1%} unknown products)")
     config = ImprintedTrainingConfig(final_on_calibration=False, ood_folds=4, seed=seed,
-                                     detectors=("msp", "energy", "prototype"))
+                                     detectors=("msp", "energy", "prototype"), unknown_share=unknown_share)
     built = build_bundle_from_embeddings(rollout_file, out / "rollout-bundle", config=config)
     bundle = built.bundle
     routed = evaluate_embeddings(bundle, rollout, split="test")
