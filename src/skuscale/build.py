@@ -132,8 +132,7 @@ def choose_sentinels(train_ds: Dataset, calibration_ds: Dataset | None, n: int, 
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise SkuscaleError(f"--ood-sentinels must be a non-negative integer, got {n!r}")
-    skus = sorted(set(train_ds.skus))
-    candidates = sorted(set(skus) & set(calibration_ds.skus)) if calibration_ds is not None else []
+    skus, candidates = train_ds.skus, _sentinel_candidates(train_ds, calibration_ds)
     if n > len(candidates):
         raise SkuscaleError(f"--ood-sentinels {n}: only {len(candidates)} SKUs have both training and calibration "
                             "photos (sentinels need calibration photos to measure the OOD stage on)")
@@ -145,10 +144,14 @@ def choose_sentinels(train_ds: Dataset, calibration_ds: Dataset | None, n: int, 
 
 def default_sentinel_count(train_ds: Dataset, calibration_ds: Dataset | None) -> int:
     """:data:`DEFAULT_SENTINEL_FRACTION` of the catalogue, within what :func:`choose_sentinels` accepts."""
-    skus = set(train_ds.skus)
-    candidates = skus & set(calibration_ds.skus) if calibration_ds is not None else set()
-    wanted = max(1, round(DEFAULT_SENTINEL_FRACTION * len(skus)))
-    return max(0, min(wanted, len(candidates), len(skus) - 2))
+    n_skus = len(train_ds.skus)
+    wanted = max(1, round(DEFAULT_SENTINEL_FRACTION * n_skus))
+    return max(0, min(wanted, len(_sentinel_candidates(train_ds, calibration_ds)), n_skus - 2))
+
+
+def _sentinel_candidates(train_ds: Dataset, calibration_ds: Dataset | None) -> list[str]:
+    """SKUs with training and calibration photos, sorted."""
+    return sorted(set(train_ds.skus) & set(calibration_ds.skus)) if calibration_ds is not None else []
 
 
 def _without(ds: Dataset, skus: Sequence[str]) -> Dataset | None:

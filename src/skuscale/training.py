@@ -118,14 +118,18 @@ def blocked_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.n
 
 
 def sku_holdout_groups(
-    skus: Sequence[str], n_groups: int, fraction: float, rng: np.random.Generator, *, n_skus: int | None = None
+    skus: Sequence[str], n_groups: int, fraction: float, rng: np.random.Generator, *,
+    candidates: Sequence[str] | None = None, n_skus: int | None = None,
 ) -> list[list[str]]:
     """Disjoint random groups of about ``fraction`` of the catalogue, drawn from ``skus``.
 
-    ``n_skus`` is the catalogue size (default ``len(skus)``, i.e. every SKU may be
-    held out); at least two SKUs of the catalogue always stay known. When ``skus``
-    is a smaller candidate list (sentinel SKUs), groups shrink to fit it.
+    ``candidates`` restricts the draw to those of ``skus`` (sentinel SKUs); ``n_skus``
+    is the catalogue size (default ``len(skus)``). At least two SKUs of the catalogue
+    always stay known, and groups shrink to fit a short candidate list.
     """
+    if candidates is not None:
+        n_skus = len(skus) if n_skus is None else n_skus
+        skus = np.intersect1d(np.asarray(list(skus), dtype=str), np.asarray(list(candidates), dtype=str))
     skus = list(skus)
     total = len(skus) if n_skus is None else int(n_skus)
     size = max(1, round(fraction * total))
@@ -257,11 +261,8 @@ def fit_recognition_model(
     cv_correct = cv_pred == y[calib]
 
     # 2. Unknown products simulated by held-out SKUs (drawn among SKUs with calibration rows).
-    candidates = np.unique(y[calib])
-    if ood_skus is not None:
-        candidates = np.intersect1d(candidates, np.asarray(list(ood_skus), dtype=str))
-    groups = sku_holdout_groups(candidates, cfg.ood_folds, cfg.ood_holdout_fraction, rng,
-                                n_skus=None if ood_skus is None else catalogue.size)
+    groups = sku_holdout_groups(np.unique(y[calib]), cfg.ood_folds, cfg.ood_holdout_fraction, rng,
+                                candidates=ood_skus, n_skus=None if ood_skus is None else catalogue.size)
     say(f"comparing OOD detectors on {len(groups)} held-out-SKU folds")
     known_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
     unknown_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
@@ -314,14 +315,13 @@ def fit_recognition_model(
     #    the detector count as errors of the SKU they were mistaken for.
     say("fitting per-SKU and per-category thresholds")
     conf_rows, pred_rows, correct_rows = [cv_conf], [cv_pred], [cv_correct]
+    weights = [np.ones(cv_conf.size)]
     if best in detector_scores and unknown_conf:
         passed = np.concatenate(unknown_scores[best]) <= ood_threshold
         conf_rows.append(np.concatenate(unknown_conf)[passed])
         pred_rows.append(np.concatenate(unknown_pred)[passed])
         correct_rows.append(np.zeros(int(passed.sum()), bool))
-    weights = [np.ones(cv_conf.size)]
-    if len(conf_rows) > 1:
-        weights.append(np.full(conf_rows[1].size, _unknown_weight(cfg, int(calib.sum()), sum(map(len, unknown_conf)))))
+        weights.append(np.full(int(passed.sum()), _unknown_weight(cfg, int(calib.sum()), passed.size)))
     threshold_kwargs: dict = {"target_precision": cfg.target_precision, "method": cfg.threshold_method}
     if cfg.min_support is not None:
         threshold_kwargs["min_support"] = cfg.min_support

@@ -72,10 +72,7 @@ def heldout_sku_detection(
     rng = np.random.default_rng(seed)
     known_fold = np.full(y.size, -1)
     known_fold[calib] = blocked_folds(y[calib], n_known_folds, rng)
-    pool = np.unique(y[calib])
-    if candidates is not None:
-        pool = np.intersect1d(pool, np.asarray(list(candidates), dtype=str))
-    groups = sku_holdout_groups(pool, folds, holdout_fraction, rng,
+    groups = sku_holdout_groups(np.unique(y[calib]), folds, holdout_fraction, rng, candidates=candidates,
                                 n_skus=None if candidates is None else np.unique(y).size)
     if not groups:
         raise ValueError("too few SKUs to hold any out (need at least three)" if candidates is None else
