@@ -4,6 +4,11 @@ Usage::
 
     python benchmarks/throughput.py --bundle BUNDLE [--int8-bundle EDGE_INT8_BUNDLE]
         [--data ../shared/grocery-store] [--images 128] [--out out/bench_throughput.json]
+        [--cache-dir BUILD_CACHE]
+
+``torch-fp32`` runs a fine-tuned bundle's own weights when they are in the build cache
+(else the ImageNet weights of the same architecture: same cost, other outputs); the JSON
+says which (``torch_fp32_weights``).
 
 Every case runs on the same real validation images, at batch 1 and 32 and with 1 and 2
 threads (torch intra-op threads, ONNX Runtime intra-op threads, and the decode pool):
@@ -93,6 +98,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=Path("out/bench_throughput.json"))
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="the build's cache folder (default $SKUSCALE_CACHE or "
+                        "~/.cache/skuscale/embeddings): a fine-tuned bundle's torch weights are read from it")
     args = parser.parse_args()
 
     import torch
@@ -105,6 +113,7 @@ def main() -> None:
     paths = val.paths[:: max(1, len(val) // args.images)][: args.images]
     blobs = [Path(p).read_bytes() for p in paths]
     net = load_backbone(bundle.backbone["name"]).eval()
+    eager_weights = eager_weights_for(net, bundle, args.cache_dir)
     work = Path(tempfile.mkdtemp(prefix="skuscale-throughput-"))
     fp32_pipeline = export_pipeline(bundle, work / PIPELINE_FILE)
 
@@ -144,11 +153,31 @@ def main() -> None:
         "bundle": str(args.bundle), "int8_bundle": str(args.int8_bundle) if args.int8_bundle else None,
         "n_images": len(blobs), "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "load_average_at_end": list(os.getloadavg()), "torch_version": torch.__version__,
-        "results": results, "ratios": summary,
+        "torch_fp32_weights": eager_weights, "results": results, "ratios": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(summary, indent=2))
+
+
+def eager_weights_for(net, bundle: Bundle, cache_dir: Path | None) -> str:
+    """Load a fine-tuned bundle's weights into ``net`` from the build cache; say which weights it has.
+
+    The bundle ships only the ONNX backbone. Eager timing does not depend on the weights
+    (same architecture), but its outputs do, so the report records which were used.
+    """
+    import torch
+
+    from skuscale.build import default_cache_dir
+
+    ft = bundle.metadata.get("training", {}).get("finetune")
+    if not ft:
+        return "imagenet"
+    stored = (cache_dir or default_cache_dir()) / "finetuned" / f"{ft['key']}.pt"
+    if not stored.is_file():
+        return f"imagenet (the bundle is fine-tuned; {stored} not found, same architecture and cost)"
+    net.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True))
+    return f"fine-tuned ({stored.name[:12]})"
 
 
 if __name__ == "__main__":

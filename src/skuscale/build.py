@@ -31,7 +31,7 @@ CARVE_MIN_IMAGES = 5
 
 
 def default_cache_dir() -> Path:
-    """``$SKUSCALE_CACHE``, else ``$XDG_CACHE_HOME/skuscale``, else ``~/.cache/skuscale``."""
+    """``$SKUSCALE_CACHE``, else ``$XDG_CACHE_HOME/skuscale/embeddings``, else ``~/.cache/skuscale/embeddings``."""
     if env := os.environ.get("SKUSCALE_CACHE"):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
