@@ -11,6 +11,12 @@ Usage::
 
     python benchmarks/sentinel_late_join.py --bundle B [--cache-dir DIR] [--epochs 2] [--lr 2.5e-4]
                                             [--data ../shared/grocery-store] [--out out/late_join.json]
+    # control: the same extra epochs on a bundle fine-tuned on every SKU (--ood-sentinels 0)
+    python benchmarks/sentinel_late_join.py --bundle B0 --sentinels-from B ...
+
+The control separates the late join from the extra epochs themselves: its phase B trains
+as long as the late join does, but no SKU is new to the backbone. ``--sentinels-from``
+gives it the sentinel list of the sentinel build of the same seed, for the same counts.
 """
 
 from __future__ import annotations
@@ -55,13 +61,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2.5e-4)
     parser.add_argument("--out", type=Path, default=Path("out/late_join.json"))
+    parser.add_argument("--sentinels-from", type=Path, default=None,
+                        help="control run: count and simulate with this sentinel bundle's sentinels")
     args = parser.parse_args()
 
     bundle = Bundle.load(args.bundle)
     sentinels = bundle.metadata["training"].get("ood_sentinels") or []
+    if args.sentinels_from:
+        if sentinels:
+            raise SystemExit(f"--sentinels-from is for a bundle without sentinels; {args.bundle} has them")
+        sentinels = Bundle.load(args.sentinels_from).metadata["training"].get("ood_sentinels") or []
     ft = bundle.metadata["training"].get("finetune")
     if not sentinels or not ft:
-        raise SystemExit(f"{args.bundle} is not a fine-tuned bundle with sentinel SKUs")
+        raise SystemExit(f"{args.bundle} is not a fine-tuned bundle with sentinel SKUs (or use --sentinels-from)")
     weights = Path(args.cache_dir or default_cache_dir()) / "finetuned" / f"{ft['key']}.pt"
     if not weights.is_file():
         raise SystemExit(f"phase-A weights not in the cache: {weights} (pass the build's --cache-dir)")
@@ -93,7 +105,8 @@ def main() -> None:
     rows["phase_b"] = {**score(X_b, labels, X_b_val, y_val, s2c, counts, ood_skus=sentinels),
                        **confusion_counts(X_b, labels, X_b_val, y_val, sentinels),
                        "finetune_seconds": seconds, "final_loss": report.epoch_loss[-1]}
-    result = {"bundle": str(args.bundle), "sentinels": sentinels, "epochs": args.epochs, "lr": args.lr, **rows}
+    result = {"bundle": str(args.bundle), "control": bool(args.sentinels_from), "sentinels": sentinels,
+              "epochs": args.epochs, "lr": args.lr, **rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float))
     for name, row in rows.items():

@@ -6,6 +6,7 @@ import pytest
 from skuscale.metrics import (
     confidence_bins,
     coverage_at_threshold,
+    ece_sampling_floor,
     expected_calibration_error,
     negative_log_likelihood,
     per_class_accuracy,
@@ -122,3 +123,29 @@ def test_float32_overshoot_is_clipped():
     curve = reliability_curve(conf, [True, True], n_bins=4)
     assert curve["count"][-1] == 1 and curve["confidence"][-1] == 1.0
     assert precision_at_threshold(conf, [True, False], 1.0) == 1.0
+
+
+def test_ece_floor_one_image_known_answer():
+    # One image at confidence c: ECE = |outcome - c|, whose mean is 2c(1 - c).
+    floor = ece_sampling_floor([0.8], draws=4000, seed=1)
+    assert floor["n"] == 1
+    assert floor["mean"] == pytest.approx(2 * 0.8 * 0.2, abs=0.01)
+
+
+def test_ece_floor_certain_predictions_have_no_floor():
+    assert ece_sampling_floor(np.ones(50))["mean"] == 0.0
+
+
+def test_ece_floor_shrinks_with_sample_size_and_is_reproducible():
+    conf = np.random.default_rng(0).uniform(0.5, 1.0, 300)
+    small, large = ece_sampling_floor(conf, 300), ece_sampling_floor(conf, 3000)
+    assert large["mean"] < small["mean"] / 2  # roughly 1 / sqrt(n)
+    assert small["p95"] > small["mean"]
+    assert ece_sampling_floor(conf, 300, seed=3) == ece_sampling_floor(conf, 300, seed=3)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"n": 0}, "n must"), ({"draws": 0}, "draws"), ({"n_bins": 0}, "n_bins"),
+                                           ({"n": 2.5}, "n must")])
+def test_ece_floor_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ece_sampling_floor([0.5, 0.9], **kwargs)

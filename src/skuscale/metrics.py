@@ -10,6 +10,7 @@ import numpy as np
 
 __all__ = [
     "coverage_at_threshold",
+    "ece_sampling_floor",
     "expected_calibration_error",
     "negative_log_likelihood",
     "per_class_accuracy",
@@ -144,6 +145,50 @@ def expected_calibration_error(confidence, correct, n_bins: int = 15) -> float:
     used = count > 0
     gaps = np.abs(curve["accuracy"][used] - curve["confidence"][used])
     return float(np.sum(count[used] * gaps) / count.sum())
+
+
+def ece_sampling_floor(confidence, n: int | None = None, *, n_bins: int = 15, draws: int = 200,
+                       seed: int = 0) -> dict[str, float]:
+    """ECE that a perfectly calibrated model with these confidences shows on ``n`` images.
+
+    ECE is biased upwards on small samples: even when every confidence is exactly the
+    probability of being right, the binned accuracy scatters around it. This draws
+    ``n`` confidences from ``confidence`` (all of them, in order, when ``n`` is None),
+    draws each outcome as Bernoulli(confidence), and measures the ECE, ``draws`` times.
+    An observed ECE near this floor cannot be told from perfect calibration on that
+    many images.
+
+    Parameters
+    ----------
+    confidence : array-like of float, shape (m,)
+        Calibrated top-1 confidences (their distribution sets the floor).
+    n : int, optional
+        Sample size to evaluate at (default ``m``).
+    n_bins, draws, seed : int
+        Bins of the ECE; simulated samples; random seed.
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``p95`` of the simulated ECE, and ``n``.
+
+    References
+    ----------
+    .. [1] J. Vaicenavicius et al., "Evaluating model calibration in classification",
+       AISTATS 2019 (sampling bias of binned calibration estimators).
+    """
+    c = _check_confidence(confidence)
+    n_bins = _check_n_bins(n_bins)
+    size = c.size if n is None else n
+    for name, value in (("n", size), ("draws", draws)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    rng = np.random.default_rng(seed)
+    values = np.empty(int(draws))
+    for i in range(int(draws)):
+        sample = c if n is None else rng.choice(c, int(size))
+        values[i] = expected_calibration_error(sample, rng.random(sample.size) < sample, n_bins)
+    return {"mean": float(values.mean()), "p95": float(np.quantile(values, 0.95)), "n": int(size)}
 
 
 def per_class_accuracy(y_true, y_pred) -> dict[str, float]:

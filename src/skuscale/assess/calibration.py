@@ -7,7 +7,7 @@ from types import MappingProxyType
 import numpy as np
 
 from skuscale.assess.base import Check, CheckResult, register, verdict
-from skuscale.metrics import expected_calibration_error, reliability_curve
+from skuscale.metrics import ece_sampling_floor, expected_calibration_error, reliability_curve
 
 
 def _nan_to_none(values) -> list[float | None]:
@@ -30,8 +30,14 @@ def assess_calibration(confidence, correct, *, max_ece: float = 0.05, n_bins: in
     status = verdict(ece, max_ece, "max")
     gap = float(confidence.mean() - correct.mean())
     direction = "over" if gap > 0 else "under"
+    # Binned ECE is biased upwards on few images; say how much of it sampling alone explains.
+    floor = ece_sampling_floor(confidence, n_bins=n_bins)
     actions = []
-    if status == "fail":
+    if status == "fail" and ece <= floor["p95"]:
+        actions.append(f"A perfectly calibrated model would show ECE {floor['mean']:.3f} on {confidence.size} images "
+                       f"(95th percentile {floor['p95']:.3f}): this ECE cannot be told from sampling noise. Measure "
+                       "on more held-out photos before changing the calibration")
+    elif status == "fail":
         count, acc, conf = curve["count"], curve["accuracy"], curve["confidence"]
         used = np.flatnonzero(count > 0)
         worst = used[np.argsort(-(count[used] * np.abs(acc[used] - conf[used])))[:3]]
@@ -41,8 +47,10 @@ def assess_calibration(confidence, correct, *, max_ece: float = 0.05, n_bins: in
         actions.append("Refit the temperature on held-out photos from other shooting sessions (build with --val, "
                        "with more validation images per SKU); until then treat confidence as a ranking, and rely on "
                        "the per-SKU accept thresholds, not on the raw probability")
-    summary = f"ECE {ece:.4f} over {confidence.size} held-out images ({direction}confident by {abs(gap):.1%})"
+    summary = (f"ECE {ece:.4f} over {confidence.size} held-out images ({direction}confident by {abs(gap):.1%}; "
+               f"perfect calibration would show {floor['mean']:.3f} on this many)")
     details = {"source": source, "ece": ece, "n_bins": n_bins, "n": int(confidence.size),
+               "ece_floor": floor["mean"], "ece_floor_p95": floor["p95"],
                "mean_confidence": float(confidence.mean()), "accuracy": float(correct.mean()),
                "reliability": {"bin_edges": curve["bin_edges"].tolist(), "count": curve["count"].tolist(),
                                "accuracy": _nan_to_none(curve["accuracy"]),
