@@ -25,6 +25,9 @@ Protocol (only train, val and reference are read):
   show on as many photos (``skuscale.metrics.ece_sampling_floor``), and ``ece_floor_n2485``
   the same on as many photos as the dataset's test split has: a measured ECE near its
   floor cannot be told from perfect calibration;
+* ``per_class_top1_std_floor_pp`` is the per-SKU spread that binomial noise alone gives
+  if every SKU had the measured top-1, with val's photos per SKU; ``..._n2485`` the same
+  with the training split's proportions scaled to the test split's size;
 * ``oracle_automation_at_99`` is the largest share of val that one global threshold on
   the pooled calibrated confidence accepts at >= 99% precision: what ideal thresholds
   would reach with these features;
@@ -59,7 +62,7 @@ from skuscale.data.preprocess import Preprocessing, preprocess_image
 from skuscale.embed.backbone import BACKBONES, CENTRE_CROP_FRACTION, EmbeddingNet, load_backbone
 from skuscale.embed.finetune import FinetuneConfig, finetune_backbone
 from skuscale.evaluate import decision_metrics
-from skuscale.metrics import ece_sampling_floor
+from skuscale.metrics import ece_sampling_floor, per_class_spread_floor
 from skuscale.training import TrainingConfig, fit_recognition_model
 
 # The dataset paper's 5,125 photos less the 2,640 training ones (val was added later).
@@ -171,6 +174,13 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus
         "top1": float(correct.mean()),
         "coarse_top1": float((cats == pred_cats).mean()),
         "per_class_top1_std_pp": float(np.std(list(per_sku.values())) * 100),
+        # The spread binomial noise alone gives at this top-1 with val's photos per SKU, and
+        # with the training split's proportions scaled to the test split's size.
+        "per_class_top1_std_floor_pp": per_class_spread_floor(
+            np.array([int((y_val == s).sum()) for s in per_sku]), float(correct.mean()))["mean_pp"],
+        f"per_class_top1_std_floor_pp_n{TEST_SPLIT_SIZE}": per_class_spread_floor(
+            np.maximum(1, np.round(np.array(list(train_counts.values())) * TEST_SPLIT_SIZE
+                                   / sum(train_counts.values()))).astype(int), float(correct.mean()))["mean_pp"],
         "bottom_decile_top1": float(np.mean([per_sku[s] for s in ranked[:decile]])),
         "top_decile_top1": float(np.mean([per_sku[s] for s in ranked[-decile:]])),
         **{k: v for k, v in routed.items() if k != "limits"},
@@ -322,7 +332,8 @@ def run_variant(name: str, spec: dict, data: dict, args) -> dict:
 
 
 COLUMNS = ("variant", "top1", "coarse_top1", "automation_rate", "auto_precision", "oracle_automation_at_99", "ece",
-           "ece_floor", "per_class_top1_std_pp", "bottom_decile_top1", "params_m", "gmacs", "seconds")
+           "ece_floor", "per_class_top1_std_pp", "per_class_top1_std_floor_pp", "bottom_decile_top1", "params_m",
+           "gmacs", "seconds")
 
 
 def markdown(rows: list[dict]) -> str:

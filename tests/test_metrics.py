@@ -10,6 +10,7 @@ from skuscale.metrics import (
     expected_calibration_error,
     negative_log_likelihood,
     per_class_accuracy,
+    per_class_spread_floor,
     precision_at_threshold,
     reliability_curve,
     top_k_accuracy,
@@ -149,3 +150,21 @@ def test_ece_floor_shrinks_with_sample_size_and_is_reproducible():
 def test_ece_floor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ece_sampling_floor([0.5, 0.9], **kwargs)
+
+
+def test_spread_floor_known_answers():
+    # One image per class at accuracy 0.5: each class is 0 or 1, so the spread is about 50 pp.
+    assert per_class_spread_floor(np.ones(2000, int), 0.5, draws=50)["mean_pp"] == pytest.approx(50, abs=1)
+    # Certain classes do not scatter.
+    assert per_class_spread_floor([3, 7, 9], 1.0)["mean_pp"] == 0.0
+    # Many images per class: about the binomial standard error, sqrt(p (1 - p) / n).
+    big = per_class_spread_floor(np.full(400, 100), 0.8, draws=50)
+    assert big["mean_pp"] == pytest.approx(100 * np.sqrt(0.8 * 0.2 / 100), rel=0.05)
+    assert big["p95_pp"] >= big["mean_pp"]
+
+
+@pytest.mark.parametrize("counts, accuracy, match", [([0, 3], 0.5, "positive"), ([], 0.5, "non-empty"),
+                                                     ([1.5, 2], 0.5, "integers"), ([3], 1.5, "accuracy")])
+def test_spread_floor_validation(counts, accuracy, match):
+    with pytest.raises(ValueError, match=match):
+        per_class_spread_floor(np.asarray(counts), accuracy)

@@ -14,6 +14,7 @@ __all__ = [
     "expected_calibration_error",
     "negative_log_likelihood",
     "per_class_accuracy",
+    "per_class_spread_floor",
     "precision_at_threshold",
     "reliability_curve",
     "top_k_accuracy",
@@ -189,6 +190,40 @@ def ece_sampling_floor(confidence, n: int | None = None, *, n_bins: int = 15, dr
         sample = c if n is None else rng.choice(c, int(size))
         values[i] = expected_calibration_error(sample, rng.random(sample.size) < sample, n_bins)
     return {"mean": float(values.mean()), "p95": float(np.quantile(values, 0.95)), "n": int(size)}
+
+
+def per_class_spread_floor(counts, accuracy: float, *, draws: int = 500, seed: int = 0) -> dict[str, float]:
+    """Spread of per-class accuracy that sampling alone gives when every class is equally accurate.
+
+    With ``counts[k]`` evaluation images of class ``k`` and the same true accuracy
+    ``accuracy`` for every class, each class's measured accuracy is Binomial(counts[k],
+    accuracy) / counts[k]. Their population standard deviation, averaged over ``draws``
+    simulations, is the floor below which a measured spread says nothing about real
+    differences between classes.
+
+    Parameters
+    ----------
+    counts : array-like of int
+        Evaluation images per class (each at least 1).
+    accuracy : float
+        The common accuracy, in ``[0, 1]`` (e.g. the overall top-1).
+    draws, seed : int
+
+    Returns
+    -------
+    dict
+        ``mean_pp`` and ``p95_pp``: the simulated standard deviation, in percentage points.
+    """
+    n = np.asarray(counts)
+    if n.ndim != 1 or n.size == 0 or not np.issubdtype(n.dtype, np.integer) or (n < 1).any():
+        raise ValueError("counts must be a non-empty 1-D array of positive integers")
+    if not 0.0 <= float(accuracy) <= 1.0:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy!r}")
+    if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    rng = np.random.default_rng(seed)
+    spreads = (rng.binomial(n, float(accuracy), size=(int(draws), n.size)) / n).std(axis=1) * 100
+    return {"mean_pp": float(spreads.mean()), "p95_pp": float(np.quantile(spreads, 0.95))}
 
 
 def per_class_accuracy(y_true, y_pred) -> dict[str, float]:

@@ -34,3 +34,20 @@ def test_threshold_passes_at_equality_and_confusions_are_ranked():
     y_pred = ["a"] * 5 + ["b"] * 5 + ["b"] * 2 + ["a"] * 8
     assert assess_spread(y_true, y_pred, max_std_pp=15).value == pytest.approx(15.0)
     assert top_confusions(np.array(["x", "x", "x"]), np.array(["y", "z", "y"]), "x") == [("y", 2), ("z", 1)]
+
+
+def test_spread_within_sampling_noise_says_so():
+    # 32 SKUs with 2 images each at 75% overall: 18 SKUs 2/2, 12 SKUs 1/2, 2 SKUs 0/2 -> std 30.6 pp,
+    # about what equal accuracy gives with 2 images per SKU (sqrt(0.75 * 0.25 / 2) = 30.6 pp).
+    y_true, y_pred = [], []
+    for k, right in enumerate([2] * 18 + [1] * 12 + [0] * 2):
+        sku = f"s{k:02d}"
+        y_true += [sku, sku]
+        y_pred += [sku] * right + ["other"] * (2 - right)
+    result = assess_spread(y_true, y_pred, max_std_pp=15)
+    assert result.status == "fail"
+    assert result.value == pytest.approx(100 * np.sqrt(3 / 32))
+    assert result.details["std_floor_pp"] == pytest.approx(30.6, abs=2.5)
+    assert result.value <= result.details["std_floor_p95_pp"]
+    assert "cannot be told from sampling noise" in result.actions[0]
+    assert "sampling alone would give" in result.summary

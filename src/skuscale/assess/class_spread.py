@@ -7,7 +7,7 @@ from types import MappingProxyType
 import numpy as np
 
 from skuscale.assess.base import Check, CheckResult, register, verdict
-from skuscale.metrics import per_class_accuracy
+from skuscale.metrics import per_class_accuracy, per_class_spread_floor
 
 
 def top_confusions(y_true, y_pred, sku: str) -> list[tuple[str, int]]:
@@ -42,8 +42,16 @@ def assess_spread(y_true, y_pred, *, max_std_pp: float = 15.0, train_counts: dic
          "confused_with": [c for c, _ in top_confusions(y_true, y_pred, s)[:3]]}
         for s in ranked[:worst]
     ]
+    # With few held-out images per SKU most of the spread is binomial noise; say how much.
+    n_eval = np.array([int((y_true == s).sum()) for s in per_sku])
+    floor = per_class_spread_floor(n_eval, float((y_true == y_pred).mean()))
     actions = []
-    if status == "fail":
+    if status == "fail" and std_pp <= floor["p95_pp"]:
+        actions.append(f"If every SKU were equally accurate, {n_eval.size} SKUs with {n_eval.min()}-{n_eval.max()} "
+                       f"held-out images each would show a spread of {floor['mean_pp']:.1f} pp (95th percentile "
+                       f"{floor['p95_pp']:.1f}): this spread cannot be told from sampling noise. Measure on more "
+                       "held-out images per SKU")
+    elif status == "fail":
         for row in low:
             if row["top1"] >= values.mean():
                 break
@@ -52,9 +60,11 @@ def assess_spread(y_true, y_pred, *, max_std_pp: float = 15.0, train_counts: dic
                            "add images from other sessions and angles, or route it by subclass with its confusers")
     hist_counts, edges = np.histogram(values, bins=10, range=(0.0, 1.0))
     summary = (f"per-SKU top-1 spread {std_pp:.1f} pp (mean {values.mean():.1%}, worst {ranked[0]} "
-               f"{per_sku[ranked[0]]:.0%}) over {len(per_sku)} SKUs")
+               f"{per_sku[ranked[0]]:.0%}) over {len(per_sku)} SKUs; sampling alone would give "
+               f"{floor['mean_pp']:.1f} pp")
     details = {"source": source, "per_sku_top1": per_sku, "mean_top1": float(values.mean()),
-               "micro_top1": float((y_true == y_pred).mean()), "std_pp": std_pp, "lowest": low,
+               "micro_top1": float((y_true == y_pred).mean()), "std_pp": std_pp,
+               "std_floor_pp": floor["mean_pp"], "std_floor_p95_pp": floor["p95_pp"], "lowest": low,
                "histogram": {"counts": hist_counts.tolist(), "edges": edges.tolist()}}
     return ClassSpreadCheck().result(status, value=std_pp, threshold=float(max_std_pp), summary=summary,
                                      details=details, actions=actions)
