@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from accuracy import score
 
-from skuscale.build import default_cache_dir
+from skuscale.build import finetuned_weights_path
 from skuscale.bundle import Bundle
 from skuscale.data import load_dataset
 from skuscale.data.images import load_image
@@ -74,7 +74,7 @@ def main() -> None:
     ft = bundle.metadata["training"].get("finetune")
     if not sentinels or not ft:
         raise SystemExit(f"{args.bundle} is not a fine-tuned bundle with sentinel SKUs (or use --sentinels-from)")
-    weights = Path(args.cache_dir or default_cache_dir()) / "finetuned" / f"{ft['key']}.pt"
+    weights = finetuned_weights_path(args.cache_dir, ft["key"])
     if not weights.is_file():
         raise SystemExit(f"phase-A weights not in the cache: {weights} (pass the build's --cache-dir)")
     train, ref, val = (load_dataset(args.data / f"{k}.csv") for k in ("train", "reference", "val"))

@@ -168,12 +168,12 @@ def eager_weights_for(net, bundle: Bundle, cache_dir: Path | None) -> str:
     """
     import torch
 
-    from skuscale.build import default_cache_dir
+    from skuscale.build import finetuned_weights_path
 
     ft = bundle.metadata.get("training", {}).get("finetune")
     if not ft:
         return "imagenet"
-    stored = (cache_dir or default_cache_dir()) / "finetuned" / f"{ft['key']}.pt"
+    stored = finetuned_weights_path(cache_dir, ft["key"])
     if not stored.is_file():
         return f"imagenet (the bundle is fine-tuned; {stored} not found, same architecture and cost)"
     net.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True))

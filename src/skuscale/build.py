@@ -38,6 +38,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "skuscale" / "embeddings"
 
 
+def finetuned_weights_path(cache_dir: str | os.PathLike | None, key: str) -> Path:
+    """Where a build caches fine-tuned backbone weights (``key`` from ``bundle.json``'s ``finetune.key``)."""
+    return Path(cache_dir or default_cache_dir()) / "finetuned" / f"{key}.pt"
+
+
 class BuildProgress:
     """Progress hooks; the default does nothing. The CLI passes a rich-backed one."""
 
@@ -173,7 +178,7 @@ def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset |
     weights = np.concatenate([np.ones(len(train_ds))] + [np.full(len(ds), ft.reference_weight) for ds in parts[1:]])
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
     key = finetune_key(embedder.identity, ft, digests, labels.tolist(), weights.tolist())
-    stored = cache_root / "finetuned" / f"{key}.pt"
+    stored = finetuned_weights_path(cache_root, key)
     report = None
     if stored.is_file():
         import torch

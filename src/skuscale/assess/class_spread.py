@@ -37,13 +37,15 @@ def assess_spread(y_true, y_pred, *, max_std_pp: float = 15.0, train_counts: dic
     status = verdict(std_pp, max_std_pp, "max")
     counts = train_counts or {}
     ranked = sorted(per_sku, key=lambda s: (per_sku[s], s))
+    skus, sku_counts = np.unique(y_true, return_counts=True)
+    n_eval_of = dict(zip(skus.tolist(), sku_counts.tolist(), strict=True))
     low = [
-        {"sku": s, "top1": per_sku[s], "n_eval": int((y_true == s).sum()), "n_train": counts.get(s),
+        {"sku": s, "top1": per_sku[s], "n_eval": n_eval_of[s], "n_train": counts.get(s),
          "confused_with": [c for c, _ in top_confusions(y_true, y_pred, s)[:3]]}
         for s in ranked[:worst]
     ]
     # With few held-out images per SKU most of the spread is binomial noise; say how much.
-    n_eval = np.array([int((y_true == s).sum()) for s in per_sku])
+    n_eval = np.array([n_eval_of[s] for s in per_sku])
     floor = per_class_spread_floor(n_eval, float((y_true == y_pred).mean()))
     actions = []
     if status == "fail" and std_pp <= floor["p95_pp"]:
