@@ -147,11 +147,13 @@ def oracle_automation(conf: np.ndarray, correct: np.ndarray, precision: float = 
 
 
 def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus=None,
-          config: TrainingConfig | None = None) -> dict:
+          config: TrainingConfig | None = None, ood_space: tuple | None = None) -> dict:
     """The protocol in the module docstring, on embeddings.
 
     ``ood_skus`` restricts the simulated unknowns to a bundle's sentinel SKUs (those
-    its backbone was not fine-tuned on), as the build does.
+    its backbone was not fine-tuned on), as the build does. ``ood_space`` is
+    ``(X_fit, X_val)`` from a late-join bundle's backbone before the late join: the
+    unknowns are simulated there, as the build does.
     """
     cfg = config or TrainingConfig()
     head = cfg.make_head().fit(X_fit, y_fit)
@@ -163,12 +165,12 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus
     cats = np.array([sku_to_category[s] for s in y_val])
     pred_cats = np.array([sku_to_category[s] for s in pred])
 
-    routed = route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg, ood_skus=ood_skus)
+    routed = route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg, ood_skus=ood_skus, ood_space=ood_space)
     # The build also trains its final head on the calibration photos (``final_on_calibration``).
     # Val halves share shooting sessions, so this is the optimistic reading: it is what the build
     # does on new photos of a session it has already seen.
     seen = route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg, ood_skus=ood_skus,
-                        final_on_calibration=True)
+                        final_on_calibration=True, ood_space=ood_space)
     return {
         "n_val": int(y_val.size),
         "top1": float(correct.mean()),
@@ -190,7 +192,7 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus
 
 
 def route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg: TrainingConfig, *, ood_skus=None,
-                 final_on_calibration: bool = False) -> dict:
+                 final_on_calibration: bool = False, ood_space: tuple | None = None) -> dict:
     """Calibrate on one half of val, route the other, both ways; pooled routing metrics."""
     part = halves(y_val)
     # MSP on two OOD folds: the build's detector search (five detectors, eight folds)
@@ -201,8 +203,9 @@ def route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg: TrainingConfi
         X = np.concatenate([X_fit, X_val[part == cal]])
         y = np.concatenate([y_fit, y_val[part == cal]])
         rows = np.r_[np.zeros(len(y_fit), bool), np.ones(int((part == cal).sum()), bool)]
+        X_ood = None if ood_space is None else np.concatenate([ood_space[0], ood_space[1][part == cal]])
         model, _ = fit_recognition_model(X, y, sku_to_category=sku_to_category, calibration_rows=rows, holdout=True,
-                                         config=bench_cfg, ood_skus=ood_skus)
+                                         config=bench_cfg, ood_skus=ood_skus, X_ood=X_ood)
         decisions += model.decide(X_val[part != cal])
         truth.append(y_val[part != cal])
     truth = np.concatenate(truth)
@@ -263,9 +266,14 @@ def run_bundle(path: Path, data: dict, args) -> dict:
     y_fit = np.concatenate([data["train"]["y"], data["reference"]["y"]])
     from skuscale.assess.context import training_config_of
 
+    ood_space = None
+    if bundle.backbone.get("pre_join_onnx"):
+        pre = {k: embed_paths(data[k]["paths"], bundle.pre_join_embedder(), cache=cache)
+               for k in ("train", "val", "reference")}
+        ood_space = (np.concatenate([pre["train"], pre["reference"]]), pre["val"])
     metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"],
                     ood_skus=bundle.metadata["training"].get("ood_sentinels") or None,
-                    config=training_config_of(bundle))
+                    config=training_config_of(bundle), ood_space=ood_space)
     ft = bundle.metadata["training"].get("finetune")
     return {
         "variant": f"bundle:{path.name}",
@@ -274,6 +282,8 @@ def run_bundle(path: Path, data: dict, args) -> dict:
         "eval_size": bundle.preprocessing.image_size,
         **metrics,
         "finetune": ft and ft.get("report"),
+        "late_join": (bundle.metadata["training"].get("late_join") or {}).get("report"),
+        "ood_basis": bundle.metadata["training"].get("ood_basis"),
         "build_seconds": bundle.metadata["build"].get("seconds"),
         "seconds": time.perf_counter() - started,
         "device": f"cpu x{os.cpu_count()}",

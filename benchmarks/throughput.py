@@ -170,7 +170,9 @@ def eager_weights_for(net, bundle: Bundle, cache_dir: Path | None) -> str:
 
     from skuscale.build import finetuned_weights_path
 
-    ft = bundle.metadata.get("training", {}).get("finetune")
+    training = bundle.metadata.get("training", {})
+    # A late-join bundle's backbone is the one after the late join.
+    ft = training.get("late_join") or training.get("finetune")
     if not ft:
         return "imagenet"
     stored = finetuned_weights_path(cache_dir, ft["key"])

@@ -375,3 +375,44 @@ def test_bad_unknown_share(synthetic, share):
     X, y, *_ = synthetic
     with pytest.raises(ValueError, match="unknown_share"):
         fit_recognition_model(X, y, config=TrainingConfig(unknown_share=share))
+
+
+def test_unknowns_simulated_in_another_space_leave_head_and_calibration_alone(synthetic):
+    X, y, *_ = synthetic
+    sentinels = ["sku02", "sku05", "sku09"]
+    base_model, base = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG, ood_skus=sentinels)
+    assert base.ood_temperature is None
+    # A backbone to which the sentinels look exactly like a known SKU: nothing can flag them there.
+    X_ood = X.copy()
+    for s in sentinels:
+        X_ood[y == s] = X[y == "sku00"]
+    model, report = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG, ood_skus=sentinels,
+                                          X_ood=X_ood)
+    np.testing.assert_array_equal(model.head.decision_function(X), base_model.head.decision_function(X))
+    assert report.temperature == base.temperature
+    for key in ("n_heldout", "top1", "ece", "ece_uncalibrated"):
+        assert report.crossval[key] == base.crossval[key]
+    assert report.ood_heldout_skus == base.ood_heldout_skus
+    assert isinstance(report.ood_temperature, float) and report.ood_temperature > 0
+    assert report.heldout_detection_rate < base.heldout_detection_rate - 0.3
+    # Those undetected unknowns now count against the SKU they pass for.
+    i = model.skus.index("sku00")
+    assert model.router.sku_threshold_vector()[i] > base_model.router.sku_threshold_vector()[i]
+    with pytest.raises(ValueError):
+        fit_recognition_model(X, y, config=CONFIG, ood_skus=sentinels, X_ood=X_ood[:-1])
+
+
+def test_the_ood_cut_off_comes_from_the_deployed_space(synthetic):
+    X, y, *_ = synthetic
+    sentinels = ["sku02", "sku05", "sku09"]
+    cfg = TrainingConfig(n_folds=3, ood_folds=3, detectors=("knn",), unknown_share=0.2)
+    rng = np.random.default_rng(7)
+    noisy = (X + NOISE * rng.standard_normal(X.shape) / np.sqrt(D)).astype(np.float32)
+    same, same_report = fit_recognition_model(X, y, config=cfg, ood_skus=sentinels, X_ood=X.copy())
+    other, other_report = fit_recognition_model(X, y, config=cfg, ood_skus=sentinels, X_ood=noisy)
+    # The simulation ran in different spaces ...
+    assert other_report.detector_scores["knn"]["threshold"] != same_report.detector_scores["knn"]["threshold"]
+    # ... but the deployed detector's cut-off flags the target share of held-out known rows of X in both.
+    assert other.router.ood_threshold == same.router.ood_threshold
+    flagged = same.detector.score_samples(X) > same.router.ood_threshold
+    assert flagged.mean() < 3 * cfg.ood_flag_rate

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ CARVED_CALIBRATION_FRACTION = 0.1
 DEFAULT_SENTINEL_FRACTION = 0.1
 #: SKUs with fewer training photos give none to the carved calibration set.
 CARVE_MIN_IMAGES = 5
+#: Learning rate of the late join (``late_join_epochs``), as a share of fine-tuning's.
+#: Off by default: measured in docs/accuracy.md, it recovers the top-1 that keeping the
+#: sentinels out costs, but its most confident errors get more confident.
+LATE_JOIN_LR_FACTOR = 0.5
+#: The backbone before the late join, kept in the bundle for the OOD check of ``skuscale assess``.
+PRE_JOIN_BACKBONE_FILE = "backbone_pre_join.onnx"
 
 
 def default_cache_dir() -> Path:
@@ -186,8 +193,8 @@ def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset |
         hooks.step(f"fine-tuned weights found in the cache ({stored.name[:12]}…)")
         net.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True))
     else:
-        hooks.step("linear probe on frozen features (starts the fine-tuning classifier)")
-        hooks.embed_start(len(paths), "frozen features")
+        hooks.step("linear probe on the backbone's current features (starts the fine-tuning classifier)")
+        hooks.embed_start(len(paths), "current features")
         X0 = embed_paths(paths, embedder, cache=cache, batch_size=batch_size, progress=hooks.embed_advance)
         hooks.embed_end()
         probe = head_config.make_head().fit(X0, labels)
@@ -222,6 +229,7 @@ def _fit_and_package(
     hooks: BuildProgress,
     training: dict,
     ood_skus: Sequence[str] | None = None,
+    X_ood: np.ndarray | None = None,
 ) -> tuple:
     """Fit the decision stack on embeddings; shared by image and embedding-file builds."""
     has_val = bool((origin == "val").any())
@@ -234,6 +242,7 @@ def _fit_and_package(
         config=cfg,
         step=hooks.step,
         ood_skus=ood_skus,
+        X_ood=X_ood,
     )
     counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
     metadata = {
@@ -328,6 +337,7 @@ def build_bundle(
     device: str | os.PathLike | None = None,
     finetune: FinetuneConfig | None = None,
     ood_sentinels: int | None = None,
+    late_join_epochs: int = 0,
 ) -> BuildResult:
     """Validate data, embed it (cached), export and verify ONNX, fit and save a bundle.
 
@@ -372,6 +382,14 @@ def build_bundle(
         sentinels stay in the catalogue, recognised on transferred features. Default:
         :data:`DEFAULT_SENTINEL_FRACTION` of the catalogue (as many as have
         calibration photos, leaving two SKUs to fine-tune on).
+    late_join_epochs : int
+        With sentinels: after fine-tuning, this many more epochs on every SKU, the
+        sentinels included, at :data:`LATE_JOIN_LR_FACTOR` of the learning rate
+        (default 0: they stay out; 2 is the measured setting). The
+        bundle's backbone is the one after the late join; unknown products are still
+        simulated on the backbone from before it (``fit_recognition_model(X_ood=...)``),
+        which is kept in the bundle as :data:`PRE_JOIN_BACKBONE_FILE` for the OOD check
+        of ``skuscale assess``.
     """
     from skuscale.data.images import load_image
     from skuscale.data.preprocess import preprocess_batch
@@ -438,16 +456,38 @@ def build_bundle(
             net, backbone, embedder, ft_train, ft_ref, ft=ft, cache=cache, cache_root=cache_root,
             batch_size=batch_size, hooks=hooks, head_config=cfg,
         )
+    if isinstance(late_join_epochs, bool) or int(late_join_epochs) != late_join_epochs or late_join_epochs < 0:
+        raise SkuscaleError(f"--late-join-epochs must be a non-negative integer, got {late_join_epochs!r}")
+    if late_join_epochs and not sentinels:
+        raise SkuscaleError("--late-join-epochs needs sentinel SKUs (--ood-sentinels N with fine-tuning): "
+                            "without them every SKU is fine-tuned on from the start")
 
     parts = [("train", train_ds)] + [(n, d) for n, d in (("val", val_ds), ("reference", ref_ds)) if d is not None]
-    embeddings = []
-    for label, ds in parts:
-        hooks.embed_start(len(ds), label)
-        embeddings.append(
-            embed_paths(ds.paths, embedder, cache=cache, batch_size=batch_size, progress=hooks.embed_advance)
+
+    def embed_parts(with_embedder, what: str) -> np.ndarray:
+        out = []
+        for label, ds in parts:
+            hooks.embed_start(len(ds), f"{label}{what}")
+            out.append(
+                embed_paths(ds.paths, with_embedder, cache=cache, batch_size=batch_size, progress=hooks.embed_advance)
+            )
+            hooks.embed_end()
+        return np.concatenate(out)
+
+    X_ood = pre_join_net = late_join_info = None
+    if late_join_epochs:
+        # Unknown products are simulated on this backbone, which has not seen the sentinels.
+        X_ood = embed_parts(embedder, " (before the late join)")
+        pre_join_net, pre_join_identity = net, embedder.identity
+        late_ft = replace(ft, epochs=int(late_join_epochs), lr=ft.lr * LATE_JOIN_LR_FACTOR)
+        hooks.step(f"late join: the {len(sentinels)} sentinel SKUs join fine-tuning for {late_join_epochs} epochs")
+        # A copy: the pre-join weights stay intact for their ONNX export.
+        net, embedder, late_join_info = _finetune(
+            copy.deepcopy(net), backbone, embedder, train_ds, ref_ds, ft=late_ft, cache=cache,
+            cache_root=cache_root, batch_size=batch_size, hooks=hooks, head_config=cfg,
         )
-        hooks.embed_end()
-    X = np.concatenate(embeddings)
+        late_join_info["pre_join_identity"] = pre_join_identity
+    X = embed_parts(embedder, "")
     y = np.concatenate([ds.labels for _, ds in parts]).astype(str)
     origin = np.concatenate([np.full(len(ds), label) for label, ds in parts])
     sku_to_category: dict[str, str] = {}
@@ -464,6 +504,12 @@ def build_bundle(
     check_paths = train_ds.paths[:: max(1, len(train_ds) // EXPORT_CHECK_IMAGES)][:EXPORT_CHECK_IMAGES]
     check_batch = preprocess_batch([load_image(p) for p in check_paths], embedder.preprocessing)
     export_diff = verify_export(net, onnx_path, check_batch)
+    pre_join = {}
+    if pre_join_net is not None:
+        pre_join_path = export_onnx(pre_join_net, staging / PRE_JOIN_BACKBONE_FILE,
+                                    image_size=embedder.preprocessing.image_size)
+        pre_join = {"pre_join_onnx": PRE_JOIN_BACKBONE_FILE,
+                    "pre_join_export_max_abs_diff": verify_export(pre_join_net, pre_join_path, check_batch)}
 
     model, metadata = _fit_and_package(
         X, y, origin, sku_to_category, cfg=cfg, hooks=hooks,
@@ -475,11 +521,14 @@ def build_bundle(
             "n_images": {label: len(ds) for label, ds in parts},
             "calibration_carved_from_train": carved,
             "ood_sentinels": sentinels,
-            "ood_basis": "sentinels" if sentinels else ("finetuned_on_heldout" if finetune_info else "frozen"),
+            "ood_basis": ("sentinels_late_join" if late_join_info else "sentinels") if sentinels else (
+                "finetuned_on_heldout" if finetune_info else "frozen"),
         },
         ood_skus=sentinels or None,
+        X_ood=X_ood,
     )
     metadata["training"]["finetune"] = finetune_info
+    metadata["training"]["late_join"] = late_join_info
     if plan is not None:
         metadata["device_sizing"] = plan.to_dict()
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
@@ -497,6 +546,7 @@ def build_bundle(
             "export_max_abs_diff": export_diff,
             "export_check_images": len(check_paths),
             "finetuned": finetune_info is not None,
+            **pre_join,
         },
         metadata=metadata,
     )

@@ -166,7 +166,8 @@ class Bundle:
             "routing": m.router.to_dict(),
             **_jsonable(self.metadata),
         }
-        files = ["head.npz", "prototypes.npz", "detector.npz"] + ([onnx_name] if onnx_name else [])
+        extra = [self.backbone[k] for k in ("pre_join_onnx",) if self.backbone.get(k)]
+        files = ["head.npz", "prototypes.npz", "detector.npz"] + ([onnx_name] if onnx_name else []) + extra
         if self.training_digests is not None:
             trained = (
                 np.ones(len(self.training_digests), bool) if self.digest_trained is None else self.digest_trained
@@ -295,6 +296,19 @@ class Bundle:
                 )
             self._embedder = OnnxEmbedder(self.root / self.backbone["onnx"], self.preprocessing, threads=threads)
         return self._embedder
+
+    def pre_join_embedder(self, *, threads: int | None = None):
+        """The backbone from before the sentinel SKUs joined fine-tuning, or None.
+
+        Only the OOD check of ``skuscale assess`` uses it: to that backbone the sentinels
+        are still unseen products (see ``skuscale.build.build_bundle(late_join_epochs=...)``).
+        """
+        name = self.backbone.get("pre_join_onnx")
+        if not name or self.root is None:
+            return None
+        from skuscale.embed.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(self.root / name, self.preprocessing, threads=threads)
 
     def embed_paths(self, paths: Sequence[str | os.PathLike], **kwargs) -> np.ndarray:
         from skuscale.embed.pipeline import embed_paths

@@ -97,6 +97,8 @@ class TrainingReport:
     detector_scores: dict[str, dict[str, float]]
     crossval: dict[str, float]
     ood_heldout_skus: list[list[str]] = field(default_factory=list)
+    #: Temperature of the space unknowns were simulated in, when it was not ``X``'s (``X_ood``).
+    ood_temperature: float | None = None
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -169,6 +171,31 @@ def _aligned_logits(head: LinearHead, X: np.ndarray, catalogue: np.ndarray) -> n
     return out
 
 
+def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, cfg: TrainingConfig):
+    """Final head, per-fold heads, held-out logits of the calibration rows and their temperature."""
+    cv_logits = np.zeros((len(y), catalogue.size), dtype=np.float32)
+    # The final head is needed anyway; it also warm-starts every fold's head.
+    final_head = cfg.make_head().fit(X[final_rows], y[final_rows])
+    fold_heads = {}
+    for f in range(n_folds):
+        test = folds == f
+        if test.any():
+            fold_heads[f] = cfg.make_head().fit(X[~test], y[~test], init=final_head)
+            cv_logits[test] = _aligned_logits(fold_heads[f], Xh[test], catalogue)
+    temperature = float(TemperatureScaler().fit(cv_logits[calib], y_idx[calib]).temperature_)
+    return final_head, fold_heads, cv_logits, temperature
+
+
+def _known_flag_threshold(name, X, Xh, y, folds, n_folds, fold_heads, temperature, cfg: TrainingConfig) -> float:
+    """Cut-off of detector ``name`` that flags ``cfg.ood_flag_rate`` of held-out known images."""
+    scores = []
+    for f, head in fold_heads.items():
+        test = folds == f
+        det = _make_fitted_detector(name, head, temperature, X[~test], y[~test])
+        scores.append(det.score_samples(Xh[test]))
+    return float(threshold_at_flag_rate(np.concatenate(scores), cfg.ood_flag_rate))
+
+
 def fit_recognition_model(
     X,
     y,
@@ -180,6 +207,7 @@ def fit_recognition_model(
     step: StepCallback | None = None,
     X_heldout=None,
     ood_skus=None,
+    X_ood=None,
 ) -> tuple[RecognitionModel, TrainingReport]:
     """Fit head, temperature, OOD detector and per-SKU thresholds on embeddings.
 
@@ -213,6 +241,14 @@ def fit_recognition_model(
         SKUs it kept out of fine-tuning ("sentinels"): SKUs the backbone was trained
         on are not unknown to it, and simulating unknowns with them flatters the
         detector (see :func:`sku_holdout_groups`).
+    X_ood : ndarray (n, d'), optional
+        Embeddings of the same images from a backbone that has not seen ``ood_skus``
+        (a build's backbone before its sentinels joined fine-tuning). Unknown products
+        are then simulated in that space: the detector is chosen and its detection
+        rate estimated there, and the unknowns that slip past it (at that space's own
+        temperature and cut-off) join the threshold fit with their confidence there.
+        Head, temperature, the detector's cut-off and the known rows of the threshold
+        fit still come from ``X``. ``X_heldout`` does not apply to ``X_ood``.
 
     Returns
     -------
@@ -242,28 +278,27 @@ def fit_recognition_model(
     say(f"predicting {int(calib.sum())} held-out images " + ("(hold-out)" if holdout else f"({n_folds} folds)"))
     folds = np.full(len(y), -1)
     folds[calib] = 0 if holdout else blocked_folds(y[calib], n_folds, rng)
-    cv_logits = np.zeros((len(y), catalogue.size), dtype=np.float32)
     final_rows = np.ones(len(y), bool) if cfg.final_on_calibration else ~calib
-    # The final head is needed anyway; it also warm-starts every fold's head.
-    final_head = cfg.make_head().fit(X[final_rows], y[final_rows])
-    for f in range(n_folds):
-        test = folds == f
-        if test.any():
-            head = cfg.make_head().fit(X[~test], y[~test], init=final_head)
-            cv_logits[test] = _aligned_logits(head, Xh[test], catalogue)
-
-    say("fitting the temperature")
-    scaler = TemperatureScaler().fit(cv_logits[calib], y_idx[calib])
-    temperature = float(scaler.temperature_)
+    final_head, fold_heads, cv_logits, temperature = _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds,
+                                                                  final_rows, catalogue, cfg)
     cv_probs = softmax(cv_logits[calib] / temperature)
     cv_pred = catalogue[cv_probs.argmax(axis=1)]
     cv_conf = cv_probs.max(axis=1)
     cv_correct = cv_pred == y[calib]
 
-    # 2. Unknown products simulated by held-out SKUs (drawn among SKUs with calibration rows).
+    # 2. Unknown products simulated by held-out SKUs (drawn among SKUs with calibration rows),
+    #    in the space of a backbone that has not seen them when one is given.
+    if X_ood is None:
+        Xo, Xoh, ood_head, ood_temperature = X, Xh, final_head, temperature
+    else:
+        Xo = check_X_y(X_ood, y)[0]
+        Xoh = Xo
+        ood_head, _, _, ood_temperature = _heldout_fit(Xo, Xo, y, y_idx, calib, folds, n_folds, final_rows,
+                                                       catalogue, cfg)
     groups = sku_holdout_groups(np.unique(y[calib]), cfg.ood_folds, cfg.ood_holdout_fraction, rng,
                                 candidates=ood_skus, n_skus=None if ood_skus is None else catalogue.size)
-    say(f"comparing OOD detectors on {len(groups)} held-out-SKU folds")
+    say(f"comparing OOD detectors on {len(groups)} held-out-SKU folds"
+        + (" (on the backbone that has not seen them)" if X_ood is not None else ""))
     known_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
     unknown_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
     fold_auroc: dict[str, list[float]] = {d: [] for d in cfg.detectors}
@@ -276,13 +311,13 @@ def fit_recognition_model(
         fit_rows = ~is_unknown & (folds != g % n_folds)
         if not known_test.any() or not unknown_test.any():
             continue
-        head = cfg.make_head().fit(X[fit_rows], y[fit_rows], init=final_head)
-        probs = softmax(head.decision_function(Xh[unknown_test]) / temperature)
+        head = cfg.make_head().fit(Xo[fit_rows], y[fit_rows], init=ood_head)
+        probs = softmax(head.decision_function(Xoh[unknown_test]) / ood_temperature)
         unknown_conf.append(probs.max(axis=1))
         unknown_pred.append(head.classes_[probs.argmax(axis=1)])
         for name in cfg.detectors:
-            det = _make_fitted_detector(name, head, temperature, X[fit_rows], y[fit_rows])
-            ks, us = det.score_samples(Xh[known_test]), det.score_samples(Xh[unknown_test])
+            det = _make_fitted_detector(name, head, ood_temperature, Xo[fit_rows], y[fit_rows])
+            ks, us = det.score_samples(Xoh[known_test]), det.score_samples(Xoh[unknown_test])
             known_scores[name].append(ks)
             unknown_scores[name].append(us)
             fold_auroc[name].append(auroc(ks, us))
@@ -302,6 +337,10 @@ def fit_recognition_model(
         ood_threshold = detector_scores[best]["threshold"]
         heldout_detection = detector_scores[best]["detection_rate"]
         detector = _make_fitted_detector(best, final_head, temperature, X[final_rows], y[final_rows])
+        if X_ood is not None:
+            # The simulation's cut-off is in the other space; the deployed detector's flags
+            # the same share of held-out known images in this one.
+            ood_threshold = _known_flag_threshold(best, X, Xh, y, folds, n_folds, fold_heads, temperature, cfg)
     else:
         # Too few SKUs to hold any out: flag the target share of held-out known scores.
         best = "msp"
@@ -317,7 +356,7 @@ def fit_recognition_model(
     conf_rows, pred_rows, correct_rows = [cv_conf], [cv_pred], [cv_correct]
     weights = [np.ones(cv_conf.size)]
     if best in detector_scores and unknown_conf:
-        passed = np.concatenate(unknown_scores[best]) <= ood_threshold
+        passed = np.concatenate(unknown_scores[best]) <= detector_scores[best]["threshold"]
         conf_rows.append(np.concatenate(unknown_conf)[passed])
         pred_rows.append(np.concatenate(unknown_pred)[passed])
         correct_rows.append(np.zeros(int(passed.sum()), bool))
@@ -369,5 +408,6 @@ def fit_recognition_model(
         temperature=temperature, detector=best, ood_threshold=float(ood_threshold),
         heldout_detection_rate=float(heldout_detection), detector_scores=detector_scores,
         crossval=crossval, ood_heldout_skus=groups,
+        ood_temperature=None if X_ood is None else float(ood_temperature),
     )
     return model, report

@@ -82,6 +82,8 @@ def test_without_val_calibration_photos_are_held_out_of_fine_tuning(small_real, 
     assert len(doc["training"]["ood_sentinels"]) == 1
     assert doc["training"]["ood_basis"] == "sentinels"
     assert doc["training"]["finetune"]["report"]["images"] == 45
+    # by default the sentinel never joins fine-tuning
+    assert doc["training"]["late_join"] is None and "pre_join_onnx" not in doc["backbone"]
 
 
 def test_carve_calibration_takes_the_last_photos_of_each_sku(small_real):
@@ -136,6 +138,7 @@ def test_sentinel_skus_stay_out_of_fine_tuning_and_are_the_only_simulated_unknow
     sentinels = doc["training"]["ood_sentinels"]
     assert len(sentinels) == 3 and set(sentinels) <= set(small_real["skus"])
     assert doc["training"]["ood_basis"] == "sentinels"
+    assert doc["training"]["late_join"] is None and "pre_join_onnx" not in doc["backbone"]
     # Fine-tuning saw the 3 other SKUs only: 10 photos + 1 reference shot each.
     assert doc["training"]["finetune"]["report"]["images"] == 33
     # ... but the catalogue keeps all six, and only sentinels were held out as unknowns.
@@ -153,6 +156,7 @@ def test_sentinel_skus_stay_out_of_fine_tuning_and_are_the_only_simulated_unknow
 @pytest.mark.parametrize(("extra", "message"), [
     (["--ood-sentinels", "5"], "leaves fewer than two"),
     (["--ood-sentinels", "2", "--finetune-epochs", "0"], "needs fine-tuning"),
+    (["--ood-sentinels", "0", "--late-join-epochs", "1"], "needs sentinel SKUs"),
 ])
 def test_bad_sentinel_requests_fail_clearly(small_real, tmp_path, extra, message):
     args = ["build", "--train", str(small_real["train"]), "--val", str(small_real["val"]), "--out",
@@ -161,3 +165,79 @@ def test_bad_sentinel_requests_fail_clearly(small_real, tmp_path, extra, message
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def late_joined(small_real, tmp_path_factory):
+    root = tmp_path_factory.mktemp("late_join")
+    args = ["build", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+            "--reference", str(small_real["reference"]), "--out", str(root / "b"), "--cache-dir", str(root / "cache"),
+            "--ood-sentinels", "3", "--late-join-epochs", "1", *FAST]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return {"bundle": root / "b", "cache": root / "cache", "args": args, "output": result.output}
+
+
+def test_late_join_fine_tunes_every_sku_and_keeps_the_pre_join_backbone(late_joined, small_real):
+    out = late_joined["bundle"]
+    doc = json.loads((out / "bundle.json").read_text())
+    training = doc["training"]
+    assert training["ood_basis"] == "sentinels_late_join"
+    assert training["finetune"]["report"]["images"] == 33
+    # the late join: every SKU, 10 photos + 1 reference shot each, at half the learning rate
+    late = training["late_join"]
+    assert late["report"]["images"] == 66 and late["config"]["epochs"] == 1
+    assert late["config"]["lr"] == pytest.approx(training["finetune"]["config"]["lr"] / 2)
+    assert late["pre_join_identity"] == training["finetune"]["identity"] != late["identity"]
+    assert doc["backbone"]["identity"] == late["identity"]
+    assert "sentinel SKUs join fine-tuning" in late_joined["output"]
+    # the pre-join backbone ships (integrity-checked) and differs from the final one
+    assert doc["backbone"]["pre_join_onnx"] in doc["files"]
+    assert doc["backbone"]["pre_join_export_max_abs_diff"] <= 1e-4
+    bundle = Bundle.load(out)
+    batch = preprocess_batch([load_image(p) for p in load_dataset(small_real["val"]).paths[:4]], bundle.preprocessing)
+    final, pre = bundle.embedder().embed_batch(batch), bundle.pre_join_embedder().embed_batch(batch)
+    assert np.abs(final - pre).max() > 1e-3
+    # unknowns were simulated with sentinels only, at the pre-join space's own temperature
+    held = {s for group in doc["build"]["ood_heldout_skus"] for s in group}
+    assert held and held <= set(training["ood_sentinels"])
+    assert doc["build"]["ood_temperature"] > 0
+
+
+def test_late_join_rebuild_comes_from_the_cache(late_joined, tmp_path):
+    args = list(late_joined["args"])
+    args[args.index("--out") + 1] = str(tmp_path / "again")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "again" / "bundle.json").read_text())
+    assert doc["training"]["finetune"]["from_cache"] and doc["training"]["late_join"]["from_cache"]
+    first = json.loads((late_joined["bundle"] / "bundle.json").read_text())
+    assert doc["backbone"]["identity"] == first["backbone"]["identity"]
+
+
+def test_late_join_bundle_refuses_a_modified_pre_join_backbone(late_joined, tmp_path):
+    import shutil
+
+    from skuscale.bundle import BundleError
+
+    copy = tmp_path / "b"
+    shutil.copytree(late_joined["bundle"], copy)
+    path = copy / "backbone_pre_join.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match=r"backbone_pre_join\.onnx"):
+        Bundle.load(copy)
+
+
+def test_check5_on_a_late_join_bundle_uses_the_pre_join_backbone(late_joined, small_real):
+    check, ctx = _check5(late_joined["bundle"], small_real, late_joined["cache"])
+    assert check.missing_inputs(ctx) is None
+    pre = ctx.pre_join_embeddings()
+    assert pre["train"].shape == ctx.train_X.shape and pre["val"].shape == ctx.val_X.shape
+    assert np.abs(pre["val"] - ctx.val_X).max() > 1e-3
+    verdict = check.run(ctx, {**check.defaults, "compare_detectors": False})
+    sentinels = Bundle.load(late_joined["bundle"]).metadata["training"]["ood_sentinels"]
+    assert set(verdict.details["detectors"][verdict.details["bundle_detector"]]["per_sku"]) <= set(sentinels)
+    assert "before they joined it" in verdict.summary
+    # without the pre-join embeddings (an embedding-file context) the check cannot run honestly
+    ctx.pre_join_embeddings = None
+    assert "before its sentinel SKUs joined" in check.missing_inputs(ctx)

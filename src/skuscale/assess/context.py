@@ -77,6 +77,9 @@ class AssessmentContext:
         Needed by the memory check (ONNX file, class tables).
     unknown_object_loop : bool
         Whether unknown-object images are routed back into enrolment (the review queue).
+    pre_join_embeddings : callable, optional
+        Returns ``{"train": X, "val": X}``: the same images embedded by the bundle's
+        backbone from before its sentinel SKUs joined fine-tuning (late-join bundles).
     seed : int
     notes : list of str
         Things the report should mention about its inputs.
@@ -95,6 +98,7 @@ class AssessmentContext:
     device_profile: DeviceProfile | None = None
     bundle: Bundle | None = None
     unknown_object_loop: bool = False
+    pre_join_embeddings: Callable[[], dict[str, np.ndarray]] | None = field(default=None, repr=False)
     seed: int = 0
     notes: list[str] = field(default_factory=list)
     say: Say = field(default=lambda _msg: None, repr=False)
@@ -268,6 +272,7 @@ def load_context(
     catalogue = set(bundle.skus)
     notes: list[str] = []
     parts = {}
+    part_paths = {}
     for label, source in (("train", train), ("val", val)):
         if source is None:
             continue
@@ -285,6 +290,7 @@ def load_context(
         X = bundle.embed_paths(ds.paths, cache=cache, progress=advance)
         roles = _image_roles(bundle, [p.read_bytes() for p in ds.paths]) if label == "val" else None
         parts[label] = (X, ds.labels.astype(str), roles)
+        part_paths[label] = ds.paths
     train_X, train_y, _ = parts["train"]
     val_X = val_y = None
     val_seen = False
@@ -308,12 +314,24 @@ def load_context(
         notes.append(f"{len(missing)} catalogue SKU(s) have no training images in {train}: "
                      + ", ".join(missing[:10]))
     flag_rate = bundle.metadata.get("targets", {}).get("ood_flag_rate", 0.05)
+    pre_join = bundle.pre_join_embedder()
+
+    def pre_join_embeddings() -> dict[str, np.ndarray]:
+        from skuscale.embed.pipeline import embed_paths
+
+        out = {}
+        for label, paths in part_paths.items():
+            say(f"embedding the {label} images with the backbone from before the late join")
+            advance = embed_progress(len(paths), f"{label} (before the late join)") if embed_progress else None
+            out[label] = embed_paths(paths, pre_join, cache=cache, progress=advance)
+        return out
+
     return AssessmentContext(
         model=bundle.model, train_X=train_X, train_y=train_y, val_X=val_X, val_y=val_y,
         val_seen_in_training=val_seen, training_config=training_config_of(bundle), ood_flag_rate=float(flag_rate),
         catalogue_log=Path(catalogue_log) if catalogue_log is not None else None, device_profile=device,
         bundle=bundle, unknown_object_loop=unknown_object_loop or bool(bundle.metadata.get("unknown_object_loop")),
-        seed=seed, notes=notes, say=say,
+        seed=seed, notes=notes, say=say, pre_join_embeddings=pre_join_embeddings if pre_join is not None else None,
     )
 
 
