@@ -241,3 +241,19 @@ def test_check5_on_a_late_join_bundle_uses_the_pre_join_backbone(late_joined, sm
     # without the pre-join embeddings (an embedding-file context) the check cannot run honestly
     ctx.pre_join_embeddings = None
     assert "before its sentinel SKUs joined" in check.missing_inputs(ctx)
+
+
+def test_edge_export_of_a_late_join_bundle_leaves_the_pre_join_backbone_behind(late_joined, small_real, tmp_path):
+    from skuscale.assess.context import load_context
+    from skuscale.assess.ood_heldout import OodHeldoutCheck
+    from skuscale.edge.export import export_bundle
+
+    edge = tmp_path / "edge"
+    export_bundle(late_joined["bundle"], edge, evaluation=small_real["val"], cache_dir=late_joined["cache"])
+    assert not (edge / "backbone_pre_join.onnx").exists()
+    bundle = Bundle.load(edge)
+    assert "pre_join_onnx" not in bundle.backbone and bundle.pre_join_embedder() is None
+    assert bundle.metadata["edge"]["dropped"] == ["backbone_pre_join.onnx"]
+    ctx = load_context(edge, small_real["train"], val=small_real["val"], cache_dir=late_joined["cache"])
+    reason = OodHeldoutCheck().missing_inputs(ctx)
+    assert "edge export" in reason and str(late_joined["bundle"]) in reason

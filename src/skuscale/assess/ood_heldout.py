@@ -182,9 +182,12 @@ class OodHeldoutCheck(Check):
                     "`skuscale build` keeps 10% of the SKUs out of fine-tuning as sentinels")
         late = ctx.bundle is not None and ood_basis(ctx.bundle) == "sentinels_late_join"
         if late and ctx.pre_join_embeddings is None:
+            edge = ctx.bundle.metadata.get("edge")
+            where = (f"an edge export leaves it out: assess the bundle it was exported from ({edge['source_bundle']})"
+                     if edge and edge.get("dropped") else "assess from image manifests, not an embedding file")
             return ("needs the images embedded by the bundle's backbone from before its sentinel SKUs joined "
-                    "fine-tuning (assess from image manifests, not an embedding file): the final backbone has seen "
-                    "the sentinels, so they are no unknown products to it")
+                    f"fine-tuning ({where}): the final backbone has seen the sentinels, so they are no unknown "
+                    "products to it")
         return None
 
     def run(self, ctx, params) -> CheckResult:

@@ -239,6 +239,11 @@ def export_bundle(
             }
             backbone["precision"] = "int8"
             report["quantization"] = metadata["quantization"]
+        # The pre-join backbone only serves check 5 of `skuscale assess`; a device does not carry it.
+        pre_join = backbone.pop("pre_join_onnx", None)
+        backbone.pop("pre_join_export_max_abs_diff", None)
+        if pre_join:
+            (staging / pre_join).unlink(missing_ok=True)
         edge = Bundle(model=edge_model, preprocessing=bundle.preprocessing, backbone=backbone, metadata=metadata,
                       training_digests=bundle.training_digests, digest_trained=bundle.digest_trained)
         say("exporting the one-graph pipeline")
@@ -258,6 +263,8 @@ def export_bundle(
             "pipeline_bytes": pipeline_path.stat().st_size,
             "pipeline_check": check,
             "source_bundle_manifest_sha256": json.loads((src / "bundle.json").read_text()).get("manifest_sha256"),
+            "source_bundle": str(src),
+            "dropped": [pre_join] if pre_join else [],
         }
         report["pipeline_check"] = check
         edge.save(staging)
