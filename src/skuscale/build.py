@@ -434,6 +434,12 @@ def build_bundle(
     carved = False
     finetune_info = None
     sentinels: list[str] = []
+    if isinstance(late_join_epochs, bool) or int(late_join_epochs) != late_join_epochs or late_join_epochs < 0:
+        raise SkuscaleError(f"--late-join-epochs must be a non-negative integer, got {late_join_epochs!r}")
+    no_sentinels = SkuscaleError("--late-join-epochs needs sentinel SKUs (--ood-sentinels N with fine-tuning): "
+                                 "without them every SKU is fine-tuned on from the start")
+    if late_join_epochs and ft.epochs <= 0:
+        raise no_sentinels
     if ood_sentinels and ft.epochs <= 0:
         raise SkuscaleError("--ood-sentinels needs fine-tuning: a frozen backbone has seen none of the SKUs, so "
                             "every SKU already simulates an unknown product honestly")
@@ -452,15 +458,13 @@ def build_bundle(
                        + ", ".join(sentinels))
             ft_train = _without(train_ds, sentinels)
             ft_ref = _without(ref_ds, sentinels) if ref_ds is not None else None
+        if late_join_epochs and not sentinels:
+            # Before fine-tuning: this should not cost a user the half hour it takes.
+            raise no_sentinels
         net, embedder, finetune_info = _finetune(
             net, backbone, embedder, ft_train, ft_ref, ft=ft, cache=cache, cache_root=cache_root,
             batch_size=batch_size, hooks=hooks, head_config=cfg,
         )
-    if isinstance(late_join_epochs, bool) or int(late_join_epochs) != late_join_epochs or late_join_epochs < 0:
-        raise SkuscaleError(f"--late-join-epochs must be a non-negative integer, got {late_join_epochs!r}")
-    if late_join_epochs and not sentinels:
-        raise SkuscaleError("--late-join-epochs needs sentinel SKUs (--ood-sentinels N with fine-tuning): "
-                            "without them every SKU is fine-tuned on from the start")
 
     parts = [("train", train_ds)] + [(n, d) for n, d in (("val", val_ds), ("reference", ref_ds)) if d is not None]
 

@@ -186,7 +186,7 @@ def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, 
     return final_head, fold_heads, cv_logits, temperature
 
 
-def _known_flag_threshold(name, X, Xh, y, folds, n_folds, fold_heads, temperature, cfg: TrainingConfig) -> float:
+def _known_flag_threshold(name, X, Xh, y, folds, fold_heads, temperature, cfg: TrainingConfig) -> float:
     """Cut-off of detector ``name`` that flags ``cfg.ood_flag_rate`` of held-out known images."""
     scores = []
     for f, head in fold_heads.items():
@@ -338,9 +338,9 @@ def fit_recognition_model(
         heldout_detection = detector_scores[best]["detection_rate"]
         detector = _make_fitted_detector(best, final_head, temperature, X[final_rows], y[final_rows])
         if X_ood is not None:
-            # The simulation's cut-off is in the other space; the deployed detector's flags
+            # The simulation's cut-off is in the other space; the deployed detector flags
             # the same share of held-out known images in this one.
-            ood_threshold = _known_flag_threshold(best, X, Xh, y, folds, n_folds, fold_heads, temperature, cfg)
+            ood_threshold = _known_flag_threshold(best, X, Xh, y, folds, fold_heads, temperature, cfg)
     else:
         # Too few SKUs to hold any out: flag the target share of held-out known scores.
         best = "msp"

@@ -165,6 +165,8 @@ def test_bad_sentinel_requests_fail_clearly(small_real, tmp_path, extra, message
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert not (tmp_path / "b").exists()
+    # refused before any fine-tuning was spent on it
+    assert not (tmp_path / "cache" / "finetuned").exists()
 
 
 @pytest.fixture(scope="module")
