@@ -166,8 +166,8 @@ class Bundle:
             "routing": m.router.to_dict(),
             **_jsonable(self.metadata),
         }
-        extra = [self.backbone[k] for k in ("pre_join_onnx",) if self.backbone.get(k)]
-        files = ["head.npz", "prototypes.npz", "detector.npz"] + ([onnx_name] if onnx_name else []) + extra
+        pre_join = self.backbone.get("pre_join_onnx")
+        files = ["head.npz", "prototypes.npz", "detector.npz"] + [n for n in (onnx_name, pre_join) if n]
         if self.training_digests is not None:
             trained = (
                 np.ones(len(self.training_digests), bool) if self.digest_trained is None else self.digest_trained

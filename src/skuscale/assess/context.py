@@ -314,11 +314,12 @@ def load_context(
         notes.append(f"{len(missing)} catalogue SKU(s) have no training images in {train}: "
                      + ", ".join(missing[:10]))
     flag_rate = bundle.metadata.get("targets", {}).get("ood_flag_rate", 0.05)
-    pre_join = bundle.pre_join_embedder()
 
     def pre_join_embeddings() -> dict[str, np.ndarray]:
         from skuscale.embed.pipeline import embed_paths
 
+        # Opened only when check 5 asks: most assessments never need this second backbone.
+        pre_join = bundle.pre_join_embedder()
         out = {}
         for label, paths in part_paths.items():
             say(f"embedding the {label} images with the backbone from before the late join")
@@ -331,7 +332,8 @@ def load_context(
         val_seen_in_training=val_seen, training_config=training_config_of(bundle), ood_flag_rate=float(flag_rate),
         catalogue_log=Path(catalogue_log) if catalogue_log is not None else None, device_profile=device,
         bundle=bundle, unknown_object_loop=unknown_object_loop or bool(bundle.metadata.get("unknown_object_loop")),
-        seed=seed, notes=notes, say=say, pre_join_embeddings=pre_join_embeddings if pre_join is not None else None,
+        seed=seed, notes=notes, say=say,
+        pre_join_embeddings=pre_join_embeddings if bundle.backbone.get("pre_join_onnx") else None,
     )
 
 
