@@ -44,6 +44,7 @@ def test_bundle_contents(bundle_dir, small_real):
     assert doc["ood"]["class"] in {"MaxSoftmaxDetector", "EnergyDetector", "MahalanobisDetector",
                                    "KNNCosineDetector", "PrototypeCosineDetector"}
     assert 0.0 <= doc["build"]["heldout_detection_rate"] <= 1.0
+    assert doc["build"]["seconds"] > 0
     assert doc["calibration"]["temperature"] > 0
     assert not (bundle_dir.parent / "b.partial").exists()
 
