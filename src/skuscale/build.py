@@ -311,7 +311,7 @@ def build_bundle_from_embeddings(
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    metadata["build"]["seconds"] = round(time.perf_counter() - started, 1)
+    metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle = Bundle(
         model=model,
         preprocessing=Preprocessing(),
@@ -538,7 +538,7 @@ def build_bundle(
         metadata["device_sizing"] = plan.to_dict()
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
     trained = (origin != "val") | cfg.final_on_calibration
-    metadata["build"]["seconds"] = round(time.perf_counter() - started, 1)
+    metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle = Bundle(
         training_digests=digests,
         digest_trained=trained,

@@ -61,6 +61,7 @@ def test_build_and_evaluate_accept_embedding_files(tmp_path):
     doc = json.loads((bundle / "bundle.json").read_text())
     assert doc["backbone"]["onnx"] is None and doc["training"]["simulated"] is True
     assert "sku7" not in doc["catalogue"]["skus"]
+    assert doc["build"]["seconds"] > 0
     out = tmp_path / "m.json"
     result = runner.invoke(app, ["evaluate", str(bundle), "--embeddings", str(path), "--json", str(out)])
     assert result.exit_code == 0, result.output
