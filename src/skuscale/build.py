@@ -257,8 +257,9 @@ def _fit_and_package(
     return model, metadata
 
 
-def _publish(bundle: Bundle, staging: Path, out: Path, hooks: BuildProgress) -> None:
+def _publish(bundle: Bundle, staging: Path, out: Path, hooks: BuildProgress, started: float) -> None:
     hooks.step("writing the bundle")
+    bundle.metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle.save(staging)
     if out.exists():
         shutil.rmtree(out)
@@ -311,14 +312,13 @@ def build_bundle_from_embeddings(
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle = Bundle(
         model=model,
         preprocessing=Preprocessing(),
         backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
         metadata=metadata,
     )
-    _publish(bundle, staging, out, hooks)
+    _publish(bundle, staging, out, hooks, started)
     return BuildResult(bundle=bundle, seconds=time.perf_counter() - started, cache_hits=0, cache_misses=0)
 
 
@@ -538,7 +538,6 @@ def build_bundle(
         metadata["device_sizing"] = plan.to_dict()
     digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
     trained = (origin != "val") | cfg.final_on_calibration
-    metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle = Bundle(
         training_digests=digests,
         digest_trained=trained,
@@ -556,7 +555,7 @@ def build_bundle(
         },
         metadata=metadata,
     )
-    _publish(bundle, staging, out, hooks)
+    _publish(bundle, staging, out, hooks, started)
     if plan is not None and plan.choice.int8:
         from skuscale.edge.export import export_bundle
 
