@@ -11,7 +11,7 @@ from skuscale.data.images import load_image
 from skuscale.data.preprocess import preprocess_batch
 from skuscale.embed.backbone import TorchEmbedder, load_backbone
 from skuscale.embed.export import export_onnx, verify_export
-from skuscale.embed.finetune import FinetuneConfig, finetune_backbone, finetune_key, state_digest
+from skuscale.embed.finetune import FinetuneConfig, finetune_backbone, finetune_key, state_digest, supcon_loss
 from skuscale.embed.onnx_embedder import OnnxEmbedder
 from skuscale.exceptions import SkuscaleError
 
@@ -52,11 +52,12 @@ def test_same_seed_same_weights(handful):
     assert state_digest(a) == state_digest(b)
 
 
-@pytest.mark.parametrize("loss,sampler", [("cosface", "balanced"), ("logit_adjust", "uniform")])
+@pytest.mark.parametrize("loss,sampler", [("cosface", "balanced"), ("logit_adjust", "uniform"), ("supcon", "balanced")])
 def test_other_losses_and_samplers_train(handful, loss, sampler):
     images, labels, _ = handful
     net, report = finetune_backbone(load_backbone(), images, labels,
-                                    config=FinetuneConfig(**FAST, loss=loss, sampler=sampler))
+                                    config=FinetuneConfig(**FAST, loss=loss, sampler=sampler,
+                                                          views_per_class=2))
     assert np.isfinite(report.epoch_loss[0])
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
@@ -79,11 +80,18 @@ def test_cache_key_tracks_data_settings_and_base():
     assert key != finetune_key(*base[:2], ["d1", "d3"], *base[3:])
     assert key != finetune_key(*base[:3], ["a", "a"], base[4])
     assert key != finetune_key(*base[:4], [1.0, 4.0])
+    # Contrastive settings only count for the contrastive loss.
+    assert key == finetune_key("lite0-abc", FinetuneConfig(epochs=2, supcon_weight=2.0), *base[2:])
+    supcon = finetune_key("lite0-abc", FinetuneConfig(epochs=2, loss="supcon"), *base[2:])
+    assert supcon != key
+    assert supcon != finetune_key("lite0-abc", FinetuneConfig(epochs=2, loss="supcon", supcon_weight=2.0), *base[2:])
 
 
 @pytest.mark.parametrize("bad", [
     {"epochs": -1}, {"batch_size": 1}, {"loss": "arc"}, {"sampler": "x"}, {"lr": 0.0}, {"label_smoothing": 1.0},
-    {"device": "tpu"},
+    {"device": "tpu"}, {"loss": "supcon", "sampler": "uniform"}, {"loss": "supcon", "views_per_class": 3},
+    {"loss": "supcon", "views_per_class": 1}, {"loss": "supcon", "batch_size": 4, "views_per_class": 4},
+    {"loss": "supcon", "supcon_temperature": 0.0}, {"supcon_weight": -1.0},
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -95,3 +103,34 @@ def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(SkuscaleError, match="no GPU"):
         FinetuneConfig(epochs=1, device="cuda").resolved_device()
     assert FinetuneConfig(epochs=1).resolved_device() == "cpu"
+
+
+def test_supcon_loss_known_answer():
+    # Rows 0 and 1 share a class; row 2 is alone, so only rows 0 and 1 are anchors.
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    t = 0.5
+    # Anchor 0: sims to rows 1, 2 are 0 and -1; anchor 1: 0 and 0.
+    a0 = -(0.0 - np.log(np.exp(0.0) + np.exp(-1.0 / t)))
+    a1 = -(0.0 - np.log(2.0))
+    got = float(supcon_loss(f, y, temperature=t))
+    assert got == pytest.approx((a0 + a1) / 2, rel=1e-6)
+    # Pulling the positive pair together lowers the loss.
+    closer = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.2], [-1.0, 0.0]]), dim=1)
+    assert float(supcon_loss(closer, y, temperature=t)) < got
+    assert float(supcon_loss(f, torch.tensor([0, 1, 2]), temperature=t)) == 0.0
+
+
+def test_supcon_batches_group_views_of_one_sku(handful, monkeypatch):
+    images, labels, _ = handful
+    seen = []
+    real = supcon_loss
+
+    def spy(features, target, *, temperature):
+        seen.append(target.tolist())
+        return real(features, target, temperature=temperature)
+
+    monkeypatch.setattr("skuscale.embed.finetune.supcon_loss", spy)
+    finetune_backbone(load_backbone(), images, labels,
+                      config=FinetuneConfig(**{**FAST, "batch_size": 4}, loss="supcon", views_per_class=2))
+    assert seen and all(t[0] == t[1] and t[2] == t[3] for t in seen)

@@ -80,7 +80,9 @@ def build(
         help=f"Fine-tune the backbone for N epochs on train + reference photos before embedding (default "
              f"{DEFAULT_FINETUNE_EPOCHS}; 0 keeps the ImageNet features). Uses the GPU when torch sees one.")] = None,
     finetune_lr: Annotated[float, typer.Option(help="Peak AdamW learning rate of the backbone.")] = 5e-4,
-    finetune_loss: Annotated[str, typer.Option(help="ce, logit_adjust or cosface.")] = "ce",
+    finetune_loss: Annotated[str, typer.Option(
+        help="ce, logit_adjust, cosface, or supcon (cross-entropy plus supervised contrastive loss; each batch "
+             "holds 4 views of each of batch-size / 4 SKUs).")] = "ce",
     finetune_sampler: Annotated[str, typer.Option(help="balanced (every SKU equally often) or uniform.")] = "balanced",
     finetune_batch_size: Annotated[int, typer.Option(help="Images per fine-tuning step.")] = 32,
     finetune_device: Annotated[str, typer.Option(help="auto (GPU when torch sees one), cpu or cuda.")] = "auto",

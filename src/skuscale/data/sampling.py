@@ -51,3 +51,44 @@ def uniform_indices(n_rows: int, n: int, rng: np.random.Generator, *, weights=No
     if w.shape != (n_rows,) or (w < 0).any() or not w.sum() > 0:
         raise ValueError("weights must be non-negative, one per row, with a positive sum")
     return rng.choice(n_rows, size=int(n), replace=True, p=w / w.sum()).astype(np.int64)
+
+
+def grouped_balanced_indices(labels, n_groups: int, group_size: int, rng: np.random.Generator, *,
+                             weights=None) -> np.ndarray:
+    """Draw ``n_groups`` groups of ``group_size`` rows, each group from one class.
+
+    The class of a group is drawn uniformly and its rows with probability proportional
+    to ``weights`` (with replacement), so every class is still drawn equally often, and
+    consecutive groups form batches in which every row has positives of its own class:
+    the "P classes x K views" batches that supervised contrastive learning needs
+    (Khosla et al., "Supervised contrastive learning", NeurIPS 2020).
+
+    Parameters
+    ----------
+    labels : array-like (m,)
+    n_groups, group_size : int
+    rng : numpy.random.Generator
+    weights : array-like (m,), optional
+        As in :func:`balanced_indices`.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_groups * group_size,)
+        Group ``g`` is ``[g * group_size, (g + 1) * group_size)``.
+    """
+    if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 0:
+        raise ValueError(f"n_groups must be a non-negative integer, got {n_groups!r}")
+    labels = np.asarray(labels)
+    # One balanced draw per group picks its class (and is validated the same way).
+    anchors = balanced_indices(labels, int(n_groups), rng, weights=weights)
+    w = np.ones(labels.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(classes.size)]
+    out = np.empty((int(n_groups), int(group_size)), dtype=np.int64)
+    for g, anchor in enumerate(anchors):
+        rows = members[inverse[anchor]]
+        p = w[rows] / w[rows].sum()
+        out[g] = rng.choice(rows, size=int(group_size), replace=True, p=p)
+    return out.reshape(-1)

@@ -27,12 +27,12 @@ from torch.nn import functional as F  # noqa: N812 - torch's own convention
 
 from skuscale.data.augment import ShelfAugment
 from skuscale.data.preprocess import Preprocessing, preprocess_image
-from skuscale.data.sampling import balanced_indices, uniform_indices
+from skuscale.data.sampling import balanced_indices, grouped_balanced_indices, uniform_indices
 from skuscale.embed.backbone import CENTRE_CROP_FRACTION, EmbeddingNet
 from skuscale.embed.finetune_config import LOSSES, SAMPLERS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 
-__all__ = ["LOSSES", "SAMPLERS", "FinetuneConfig", "FinetuneReport", "finetune_backbone"]
+__all__ = ["LOSSES", "SAMPLERS", "FinetuneConfig", "FinetuneReport", "finetune_backbone", "supcon_loss"]
 
 #: Called after every optimiser step with (steps done, total steps, running loss).
 StepProgress = Callable[[int, int, float], None]
@@ -67,12 +67,43 @@ class _Classifier(nn.Module):
         self.cosine = cosine
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.backbone(x).float(), dim=1)
-        f = self.dropout(f)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the L2-normalised pooled features (before dropout)."""
+        features = F.normalize(self.backbone(x).float(), dim=1)
+        f = self.dropout(features)
         if self.cosine:
-            return f @ F.normalize(self.weight, dim=1).T
-        return f @ self.weight.T + self.bias
+            return f @ F.normalize(self.weight, dim=1).T, features
+        return f @ self.weight.T + self.bias, features
+
+
+def supcon_loss(features: torch.Tensor, target: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020, their L_out).
+
+    For every anchor with at least one positive (another row of its class), the mean
+    over its positives ``p`` of ``-log(exp(z_a . z_p / t) / sum_{b != a} exp(z_a . z_b / t))``;
+    averaged over those anchors. Zero when no row has a positive.
+
+    Parameters
+    ----------
+    features : Tensor (n, d)
+        L2-normalised features.
+    target : Tensor (n,)
+        Class of every row.
+    temperature : float
+    """
+    n = features.shape[0]
+    sim = features @ features.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=features.device)
+    # Subtracting the row maximum changes nothing in the ratio but keeps exp finite.
+    sim = sim - sim.masked_fill(self_mask, float("-inf")).amax(dim=1, keepdim=True).detach()
+    log_prob = sim - torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    positives = (target[:, None] == target[None, :]) & ~self_mask
+    n_pos = positives.sum(dim=1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return features.sum() * 0.0
+    mean_log_prob = (log_prob * positives).sum(dim=1)[anchors] / n_pos[anchors]
+    return -mean_log_prob.mean()
 
 
 class _Views(torch.utils.data.Dataset):
@@ -115,6 +146,10 @@ def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequ
     """Cache key of a fine-tuning run: base weights, settings and the exact training set."""
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "workers")}
+    if config.loss != "supcon":
+        # Settings that only the contrastive loss reads: keeps keys of other runs stable.
+        for name in ("supcon_weight", "supcon_temperature", "views_per_class"):
+            settings.pop(name)
     head = {"base": base_identity, "config": settings, "torch": torch.__version__}
     h.update(json.dumps(head, sort_keys=True).encode())
     for digest, label, w in sorted(zip(image_digests, labels, weights, strict=True)):
@@ -239,7 +274,10 @@ def finetune_backbone(
     model.train()
     for _epoch in range(config.epochs):
         n_draw = steps_per_epoch * config.batch_size
-        if config.sampler == "balanced":
+        if config.loss == "supcon":
+            order = grouped_balanced_indices(y, n_draw // config.views_per_class, config.views_per_class, rng,
+                                             weights=weights)
+        elif config.sampler == "balanced":
             order = balanced_indices(y, n_draw, rng, weights=weights)
         else:
             order = uniform_indices(labels.size, n_draw, rng, weights=weights)
@@ -254,7 +292,8 @@ def finetune_backbone(
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             target = torch.as_tensor(y[idx.numpy()], device=device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x).float()
+                logits, features = model(x)
+                logits = logits.float()
             if cosine:
                 m = F.one_hot(target, classes.size).float() * config.cosface_margin
                 train_logits = config.cosface_scale * (logits - m)
@@ -263,6 +302,9 @@ def finetune_backbone(
             else:
                 train_logits = logits
             loss = F.cross_entropy(train_logits, target, label_smoothing=config.label_smoothing)
+            if config.loss == "supcon":
+                loss = loss + config.supcon_weight * supcon_loss(features.float(), target,
+                                                                 temperature=config.supcon_temperature)
             if not torch.isfinite(loss):
                 raise SkuscaleError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower --finetune-lr")
             optimiser.zero_grad(set_to_none=True)

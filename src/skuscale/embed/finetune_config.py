@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from skuscale.exceptions import SkuscaleError
 
-LOSSES = ("ce", "logit_adjust", "cosface")
+LOSSES = ("ce", "logit_adjust", "cosface", "supcon")
 SAMPLERS = ("balanced", "uniform")
 
 #: Epochs of the default build: measured on val (benchmarks/accuracy.py), 6 epochs
@@ -33,14 +33,24 @@ class FinetuneConfig:
     warmup_epochs : float
     label_smoothing : float
         Szegedy et al., "Rethinking the Inception architecture", CVPR 2016.
-    loss : {"ce", "logit_adjust", "cosface"}
+    loss : {"ce", "logit_adjust", "cosface", "supcon"}
         Cross-entropy; logit-adjusted cross-entropy (Menon et al., ICLR 2021), which
-        adds ``log prior`` to the logits while training; or a large-margin cosine loss
+        adds ``log prior`` to the logits while training; a large-margin cosine loss
         (CosFace: Wang et al., CVPR 2018) that subtracts ``cosface_margin`` from the
-        true class's cosine, to push near-duplicate SKUs apart.
+        true class's cosine, to push near-duplicate SKUs apart; or cross-entropy plus
+        ``supcon_weight`` times the supervised contrastive loss on the normalised
+        pooled features (Khosla et al., NeurIPS 2020), which pulls views of one SKU
+        together and pushes the other SKUs of the batch away. With ``"supcon"`` a batch
+        holds ``batch_size / views_per_class`` SKUs, ``views_per_class`` views each.
     sampler : {"balanced", "uniform"}
-        Class-balanced draws (every SKU equally often) or draws by image.
+        Class-balanced draws (every SKU equally often) or draws by image. ``"supcon"``
+        needs ``"balanced"``.
     cosface_scale, cosface_margin : float
+    supcon_weight, supcon_temperature : float
+        Weight of the contrastive term next to cross-entropy, and its temperature.
+    views_per_class : int
+        Views of one SKU in a ``"supcon"`` batch (drawn with replacement, each
+        augmented on its own).
     reference_weight : float
         How many training photos one reference pack shot counts as when drawing.
     image_size : int or None
@@ -68,6 +78,9 @@ class FinetuneConfig:
     sampler: str = "balanced"
     cosface_scale: float = 30.0
     cosface_margin: float = 0.2
+    supcon_weight: float = 0.5
+    supcon_temperature: float = 0.1
+    views_per_class: int = 4
     reference_weight: float = 4.0
     image_size: int | None = None
     region: float = 0.85
@@ -87,10 +100,19 @@ class FinetuneConfig:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        for name in ("lr", "head_lr_multiplier", "cosface_scale"):
+        if self.loss == "supcon":
+            if self.sampler != "balanced":
+                raise ValueError("loss 'supcon' needs sampler 'balanced'")
+            if (isinstance(self.views_per_class, bool) or int(self.views_per_class) != self.views_per_class
+                    or self.views_per_class < 2):
+                raise ValueError(f"views_per_class must be an integer >= 2, got {self.views_per_class!r}")
+            if self.batch_size % self.views_per_class or self.batch_size // self.views_per_class < 2:
+                raise ValueError(f"with loss 'supcon' the batch size ({self.batch_size}) must be a multiple of "
+                                 f"views_per_class ({self.views_per_class}) that holds at least 2 SKUs")
+        for name in ("lr", "head_lr_multiplier", "cosface_scale", "supcon_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "warmup_epochs", "cosface_margin", "reference_weight"):
+        for name in ("weight_decay", "warmup_epochs", "cosface_margin", "reference_weight", "supcon_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         for name in ("label_smoothing", "dropout"):
