@@ -86,9 +86,9 @@ def grouped_balanced_indices(labels, n_groups: int, group_size: int, rng: np.ran
     w = np.ones(labels.size) if weights is None else np.asarray(weights, dtype=np.float64)
     classes, inverse = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(classes.size)]
+    within = [w[rows] / w[rows].sum() for rows in members]
     out = np.empty((int(n_groups), int(group_size)), dtype=np.int64)
     for g, anchor in enumerate(anchors):
-        rows = members[inverse[anchor]]
-        p = w[rows] / w[rows].sum()
-        out[g] = rng.choice(rows, size=int(group_size), replace=True, p=p)
+        k = inverse[anchor]
+        out[g] = rng.choice(members[k], size=int(group_size), replace=True, p=within[k])
     return out.reshape(-1)
