@@ -21,6 +21,15 @@ def test_rolling_accuracy_window():
         RollingAccuracy(window=0)
 
 
+def test_rolling_accuracy_reset_keeps_the_last_window_of_each_sku():
+    acc = RollingAccuracy(window=2)
+    acc.add("C", True)
+    acc.reset([("A", True), ("A", False), ("B", True), ("A", False)])
+    assert acc.values() == {"A": (0.0, 2), "B": (1.0, 1)}
+    acc.add("B", False)
+    assert acc.values()["B"] == (0.5, 2)
+
+
 def test_ood_buckets_straddle_threshold_for_any_sign():
     for thr in (-0.27, 0.39, 2801.7, 0.0):
         b = ood_buckets(thr)
@@ -46,6 +55,7 @@ def test_metrics_text():
     assert 'skuscale_review_queue_depth{band="unknown"} 0.0' in text
     assert 'skuscale_bundle_info{n_skus="2",version="abc"} 1.0' in text
     assert 'skuscale_ood_score_count{band="verify"} 2.0' in text
+    assert m.multiprocess_dir is None and m.exposition().decode() == text
 
 
 def test_scrape_survives_a_failing_queue_query():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +65,18 @@ def serve(
             raise typer.Exit(1) from None
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     else:
-        uvicorn.run(
-            "skuscale.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
-        )
+        from skuscale.monitor.metrics import MULTIPROC_ENV
+
+        # Every worker writes its metrics to files here and /metrics sums them; prometheus_client
+        # reads the variable when a worker imports it. A directory the caller set is theirs to wipe.
+        own_dir = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="skuscale-metrics-")
+        if own_dir:
+            os.environ[MULTIPROC_ENV] = own_dir
+        try:
+            uvicorn.run(
+                "skuscale.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level,
+            )
+        finally:
+            if own_dir:
+                shutil.rmtree(own_dir, ignore_errors=True)

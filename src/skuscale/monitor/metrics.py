@@ -3,14 +3,21 @@
 Label values are only ever catalogue SKUs, bands, outcomes and route templates: free
 text from requests never becomes a label (that would let a client blow up the
 number of series).
+
+With several worker processes (``skuscale serve --workers N``, or any server that sets
+``PROMETHEUS_MULTIPROC_DIR``), counters, histograms and gauges are written to files in
+that directory by every process and summed at scrape time (prometheus_client's
+multiprocess mode), so any worker answers ``/metrics`` with the service's totals.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from skuscale.monitor.accuracy import RollingAccuracy
@@ -18,6 +25,12 @@ from skuscale.monitor.accuracy import RollingAccuracy
 BANDS = ("accept", "verify", "unknown")
 OUTCOMES = ("correct", "incorrect")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, or None when it is off."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def ood_buckets(threshold: float) -> tuple[float, ...]:
@@ -58,8 +71,24 @@ class _QueueAndAccuracy(Collector):
         yield n
 
 
+class _Forward(Collector):
+    """Everything one registry collects, for another registry to expose."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        yield from self.registry.collect()
+
+
 class ServiceMetrics:
     """All service metrics, registered on ``registry``.
+
+    In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client was
+    imported) the counters, histograms and gauges live in that directory, and
+    :meth:`exposition` sums them over every worker process. The bundle info, the queue
+    depth and the per-SKU accuracy are not process values: they are collected by this
+    process at scrape time (queue depth and accuracy come from the database).
 
     Parameters
     ----------
@@ -84,6 +113,9 @@ class ServiceMetrics:
     ):
         self.registry = registry
         self.accuracy = accuracy
+        self.multiprocess_dir = multiprocess_dir()
+        # Collected in this process at scrape time (prometheus_client cannot share them).
+        self.local = CollectorRegistry() if self.multiprocess_dir else registry
         self.recognitions = Counter(
             "skuscale_recognitions", "Recognised images per predicted SKU and band.", ["sku", "band"],
             registry=registry,
@@ -109,14 +141,26 @@ class ServiceMetrics:
         self.webhook_deliveries = Counter(
             "skuscale_webhook_deliveries", "Webhook delivery attempts per result.", ["result"], registry=registry
         )
-        self.ood_threshold = Gauge("skuscale_ood_threshold", "The bundle's OOD threshold.", registry=registry)
+        # "mostrecent": with several workers, the value last set by any of them.
+        self.ood_threshold = Gauge("skuscale_ood_threshold", "The bundle's OOD threshold.", registry=registry,
+                                   multiprocess_mode="mostrecent")
         self.ood_threshold.set(ood_threshold)
-        self.bundle = Info("skuscale_bundle", "The loaded bundle.", registry=registry)
+        self.bundle = Info("skuscale_bundle", "The loaded bundle.", registry=self.local)
         self.bundle.info(bundle_info)
         self.catalogue_size = Gauge(
-            "skuscale_catalogue_skus", "SKUs in the catalogue.", ["source"], registry=registry
+            "skuscale_catalogue_skus", "SKUs in the catalogue.", ["source"], registry=registry,
+            multiprocess_mode="mostrecent",
         )
-        registry.register(_QueueAndAccuracy(queue_depth, accuracy))
+        self.local.register(_QueueAndAccuracy(queue_depth, accuracy))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric (summed over worker processes in multiprocess mode)."""
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape, path=self.multiprocess_dir)
+        scrape.register(_Forward(self.local))
+        return generate_latest(scrape)
 
     def record_recognition(self, sku: str, band: str, ood_score: float) -> None:
         self.recognitions.labels(sku=sku, band=band).inc()

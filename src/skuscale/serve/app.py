@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import logging
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, Field, HttpUrl, model_validator
 from sqlalchemy import text
 
@@ -34,6 +35,8 @@ from skuscale.serve.images import ImageStore
 from skuscale.serve.recognizer import Recognizer
 from skuscale.serve.settings import ServeSettings
 from skuscale.serve.webhooks import OutboxWorker
+
+log = logging.getLogger("skuscale.serve")
 
 SKU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,'&()+/-]{0,126}$")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -161,11 +164,20 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             return repo.queue_depth(session)
 
     accuracy = RollingAccuracy(settings.accuracy_window)
-    with Session() as session:
-        catalogue = set(recognizer.skus)
-        for sku, ok in repo.labelled_outcomes(session):
-            if sku in catalogue:
-                accuracy.add(sku, ok)
+    accuracy_version: list[tuple[int, int] | None] = [None]
+    accuracy_lock = threading.Lock()
+
+    def refresh_accuracy() -> None:
+        """Rebuild the rolling accuracy from the database if any labelled event was added since the last look."""
+        with accuracy_lock, Session() as session:
+            version = repo.labelled_version(session)
+            if version == accuracy_version[0]:
+                return
+            catalogue = set(recognizer.skus)
+            accuracy.reset((sku, ok) for sku, ok in repo.labelled_outcomes(session) if sku in catalogue)
+            accuracy_version[0] = version
+
+    refresh_accuracy()
     metrics = ServiceMetrics(
         registry,
         ood_threshold=recognizer.model.router.ood_threshold,
@@ -489,7 +501,14 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
 
     @app.get("/metrics", tags=["operations"])
     def prometheus_metrics() -> Response:
-        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if metrics.multiprocess_dir:
+            # Other workers' feedback and enrolments reach this process only through the database.
+            try:
+                sync_enrolments()
+                refresh_accuracy()
+            except Exception as exc:  # a scrape must not fail because the database is briefly away
+                log.warning("metrics: per-SKU accuracy not refreshed (%s: %s)", type(exc).__name__, exc)
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     # --------------------------------------------------------------------- review page
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)

@@ -228,6 +228,13 @@ def labelled_outcomes(session: Session, limit: int = 100_000) -> list[tuple[str,
     return [(sku, ok) for _, sku, ok in rows]
 
 
+def labelled_version(session: Session) -> tuple[int, int]:
+    """(resolved events, feedback rows): grows with every labelled event (neither is ever deleted)."""
+    resolved = session.scalar(select(func.count()).select_from(Event).where(Event.resolution.is_not(None)))
+    feedback = session.scalar(select(func.count()).select_from(Feedback))
+    return int(resolved or 0), int(feedback or 0)
+
+
 # ------------------------------------------------------------------------- enrolments
 def add_enrolment(
     session: Session, sku: str, category: str | None, X: np.ndarray, image_sha256s: list[str]
