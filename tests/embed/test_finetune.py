@@ -11,7 +11,14 @@ from skuscale.data.images import load_image
 from skuscale.data.preprocess import preprocess_batch
 from skuscale.embed.backbone import TorchEmbedder, load_backbone
 from skuscale.embed.export import export_onnx, verify_export
-from skuscale.embed.finetune import FinetuneConfig, finetune_backbone, finetune_key, state_digest, supcon_loss
+from skuscale.embed.finetune import (
+    FinetuneConfig,
+    finetune_backbone,
+    finetune_key,
+    mixup_batch,
+    state_digest,
+    supcon_loss,
+)
 from skuscale.embed.onnx_embedder import OnnxEmbedder
 from skuscale.exceptions import SkuscaleError
 
@@ -85,6 +92,11 @@ def test_cache_key_tracks_data_settings_and_base():
     supcon = finetune_key("lite0-abc", FinetuneConfig(epochs=2, loss="supcon"), *base[2:])
     assert supcon != key
     assert supcon != finetune_key("lite0-abc", FinetuneConfig(epochs=2, loss="supcon", supcon_weight=2.0), *base[2:])
+    # Mixup counts only when it is on, so keys from before the setting existed still hold.
+    assert key == finetune_key("lite0-abc", FinetuneConfig(epochs=2, mixup_alpha=0.0), *base[2:])
+    mixed = finetune_key("lite0-abc", FinetuneConfig(epochs=2, mixup_alpha=0.2), *base[2:])
+    assert mixed != key
+    assert mixed != finetune_key("lite0-abc", FinetuneConfig(epochs=2, mixup_alpha=0.4), *base[2:])
 
 
 @pytest.mark.parametrize("bad", [
@@ -92,6 +104,7 @@ def test_cache_key_tracks_data_settings_and_base():
     {"device": "tpu"}, {"loss": "supcon", "sampler": "uniform"}, {"loss": "supcon", "views_per_class": 3},
     {"loss": "supcon", "views_per_class": 1}, {"loss": "supcon", "batch_size": 4, "views_per_class": 4},
     {"loss": "supcon", "supcon_temperature": 0.0}, {"supcon_weight": -1.0},
+    {"mixup_alpha": -0.1}, {"mixup_alpha": 0.2, "loss": "cosface"}, {"mixup_alpha": 0.2, "loss": "supcon"},
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -134,3 +147,39 @@ def test_supcon_batches_group_views_of_one_sku(handful, monkeypatch):
     finetune_backbone(load_backbone(), images, labels,
                       config=FinetuneConfig(**{**FAST, "batch_size": 4}, loss="supcon", views_per_class=2))
     assert seen and all(t[0] == t[1] and t[2] == t[3] for t in seen)
+
+
+def test_mixup_batch_known_answer():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0]])
+    perm = torch.tensor([2, 0, 1])
+    got = mixup_batch(x, 0.75, perm)
+    expected = torch.tensor([[1.75, 1.0], [0.25, 1.5], [3.0, 3.5]])
+    assert torch.allclose(got, expected)
+    assert torch.equal(mixup_batch(x, 1.0, perm), x)
+
+
+def test_mixup_trains_on_blended_inputs_with_blended_loss(handful, monkeypatch):
+    images, labels, _ = handful
+    calls = []
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, **kwargs):
+        calls.append(target.clone())
+        return real(logits, target, **kwargs)
+
+    monkeypatch.setattr("skuscale.embed.finetune.F.cross_entropy", spy)
+    plain, _ = finetune_backbone(load_backbone(), images, labels, config=FinetuneConfig(**FAST, seed=5))
+    n_plain = len(calls)
+    calls.clear()
+    mixed, report = finetune_backbone(load_backbone(), images, labels,
+                                      config=FinetuneConfig(**FAST, seed=5, mixup_alpha=0.4))
+    # Two cross-entropies per step (the labels and the shuffled labels), over the same targets.
+    assert len(calls) == 2 * n_plain == 2 * report.steps
+    for first, second in zip(calls[::2], calls[1::2], strict=True):
+        assert sorted(first.tolist()) == sorted(second.tolist())
+    assert any(not torch.equal(a, b) for a, b in zip(calls[::2], calls[1::2], strict=True))
+    assert np.isfinite(report.epoch_loss[0])
+    assert state_digest(mixed) != state_digest(plain)
+    again, _ = finetune_backbone(load_backbone(), images, labels,
+                                 config=FinetuneConfig(**FAST, seed=5, mixup_alpha=0.4))
+    assert state_digest(again) == state_digest(mixed)

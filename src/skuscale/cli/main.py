@@ -86,6 +86,9 @@ def build(
     finetune_sampler: Annotated[str, typer.Option(help="balanced (every SKU equally often) or uniform.")] = "balanced",
     finetune_batch_size: Annotated[int, typer.Option(help="Images per fine-tuning step.")] = 32,
     finetune_device: Annotated[str, typer.Option(help="auto (GPU when torch sees one), cpu or cuda.")] = "auto",
+    finetune_mixup: Annotated[float, typer.Option(
+        help="Mixup alpha while fine-tuning (blend each batch with a shuffled copy of itself, lam ~ Beta(a, a)); "
+             "0 switches it off. Losses ce and logit_adjust only.", min=0.0)] = 0.0,
     ood_sentinels: Annotated[int | None, typer.Option(
         help="Keep N SKUs with calibration photos out of fine-tuning; only they simulate unknown products, so "
              "the OOD estimate and the thresholds' allowance for unknowns are honest. They stay in the catalogue. "
@@ -125,7 +128,7 @@ def build(
         finetune = FinetuneConfig(
             epochs=DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs, lr=finetune_lr,
             loss=finetune_loss, sampler=finetune_sampler, batch_size=finetune_batch_size, device=finetune_device,
-            seed=seed,
+            mixup_alpha=finetune_mixup, seed=seed,
         )
     except ValueError as exc:
         fail(f"fine-tuning settings: {exc}", 2)

@@ -106,6 +106,11 @@ def supcon_loss(features: torch.Tensor, target: torch.Tensor, *, temperature: fl
     return -mean_log_prob.mean()
 
 
+def mixup_batch(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
+    """Mixup's input blend (Zhang et al., ICLR 2018): ``lam * x + (1 - lam) * x[perm]``."""
+    return lam * x + (1.0 - lam) * x[perm]
+
+
 class _Views(torch.utils.data.Dataset):
     """One epoch's augmented views: row ``i`` is image ``order[i]`` with seed ``seeds[i]``."""
 
@@ -150,6 +155,8 @@ def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequ
         # Settings that only the contrastive loss reads: keeps keys of other runs stable.
         for name in ("supcon_weight", "supcon_temperature", "views_per_class"):
             settings.pop(name)
+    if not config.mixup_alpha:
+        settings.pop("mixup_alpha")
     head = {"base": base_identity, "config": settings, "torch": torch.__version__}
     h.update(json.dumps(head, sort_keys=True).encode())
     for digest, label, w in sorted(zip(image_digests, labels, weights, strict=True)):
@@ -217,6 +224,8 @@ def finetune_backbone(
     weights = np.ones(labels.size) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     device = config.resolved_device()
     rng = np.random.default_rng(config.seed)
+    # Its own stream, so that switching mixup on leaves the draws of images and views as they were.
+    mix_rng = np.random.default_rng([config.seed, 1])
     torch.manual_seed(config.seed)
     size = int(config.image_size or net.spec.image_size)
     augment = ShelfAugment(image_size=size, region=1.0)
@@ -291,6 +300,10 @@ def finetune_backbone(
         for x, idx in loader:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             target = torch.as_tensor(y[idx.numpy()], device=device)
+            if config.mixup_alpha:
+                lam = float(mix_rng.beta(config.mixup_alpha, config.mixup_alpha))
+                perm = torch.as_tensor(mix_rng.permutation(len(target)), device=device)
+                x = mixup_batch(x, lam, perm)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits, features = model(x)
                 logits = logits.float()
@@ -302,6 +315,9 @@ def finetune_backbone(
             else:
                 train_logits = logits
             loss = F.cross_entropy(train_logits, target, label_smoothing=config.label_smoothing)
+            if config.mixup_alpha:
+                loss = lam * loss + (1.0 - lam) * F.cross_entropy(train_logits, target[perm],
+                                                                  label_smoothing=config.label_smoothing)
             if config.loss == "supcon":
                 loss = loss + config.supcon_weight * supcon_loss(features.float(), target,
                                                                  temperature=config.supcon_temperature)

@@ -51,6 +51,13 @@ class FinetuneConfig:
     views_per_class : int
         Views of one SKU in a ``"supcon"`` batch (drawn with replacement, each
         augmented on its own).
+    mixup_alpha : float
+        Mixup (Zhang et al., "mixup: Beyond empirical risk minimization", ICLR 2018):
+        each batch is blended with a shuffled copy of itself by ``lam ~ Beta(alpha,
+        alpha)`` and the loss is ``lam`` times that of the first labels plus ``1 - lam``
+        times that of the second. Trained this way, networks are less over-confident,
+        also on inputs unlike their training data (Thulasidasan et al., NeurIPS 2019).
+        0 (the default) switches it off; only for ``"ce"`` and ``"logit_adjust"``.
     reference_weight : float
         How many training photos one reference pack shot counts as when drawing.
     image_size : int or None
@@ -81,6 +88,7 @@ class FinetuneConfig:
     supcon_weight: float = 0.5
     supcon_temperature: float = 0.1
     views_per_class: int = 4
+    mixup_alpha: float = 0.0
     reference_weight: float = 4.0
     image_size: int | None = None
     region: float = 0.85
@@ -112,7 +120,10 @@ class FinetuneConfig:
         for name in ("lr", "head_lr_multiplier", "cosface_scale", "supcon_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "warmup_epochs", "cosface_margin", "reference_weight", "supcon_weight"):
+        if self.mixup_alpha and self.loss not in ("ce", "logit_adjust"):
+            raise ValueError(f"mixup applies to losses 'ce' and 'logit_adjust', not {self.loss!r}")
+        for name in ("weight_decay", "warmup_epochs", "cosface_margin", "reference_weight", "supcon_weight",
+                     "mixup_alpha"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         for name in ("label_smoothing", "dropout"):
