@@ -3,12 +3,15 @@
 Usage::
 
     python benchmarks/service_load.py --bundle BUNDLE [--data ../shared/grocery-store]
-        [--out out/bench_service.json] [--requests 120] [--levels 1 4 16] [--db URL]
+        [--out out/bench_service.json] [--requests 120] [--levels 1 4 16] [--db URL] [--workers 1]
 
 1. Starts ``skuscale serve`` in a subprocess on 127.0.0.1 (a fresh SQLite data dir, or
    ``--db``), and sends ``--requests`` single-image ``POST /v1/recognize`` calls at each
    concurrency level (validation images, cycled). Reports requests per second, p50/p99
-   latency and the error count (any non-200 or transport error; the target is 0).
+   latency and the error count (any non-200 or transport error; the target is 0). With
+   ``--workers N`` the server runs N worker processes. Afterwards ``/metrics`` is scraped
+   three times, each on a new connection (so any worker may answer): every scrape must count
+   exactly the recognitions that were answered 200.
 2. Durability: fills the review queue, then resolves items and enrols SKUs from several
    clients while others keep recognising, sends SIGKILL to the server half-way, restarts
    it and checks that every resolution and enrolment answered 200 is still there.
@@ -47,10 +50,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, data_dir: Path, port: int, db: str | None) -> subprocess.Popen:
+def start_server(bundle: Path, data_dir: Path, port: int, db: str | None, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "SKUSCALE_TOKENS": json.dumps(TOKENS), "SKUSCALE_WEBHOOK_WORKERS": "false"}
     cmd = [sys.executable, "-m", "skuscale.cli.main", "serve", str(bundle), "--host", "127.0.0.1",
-           "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"]
+           "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning", "--workers", str(workers)]
     if db:
         cmd += ["--db", db]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -91,6 +94,7 @@ def load_level(url: str, blobs: list[bytes], concurrency: int, n_requests: int) 
     lat = np.array(latencies) * 1000
     return {
         "concurrency": concurrency,
+        "answered": len(latencies) - int(errors),
         "requests": len(latencies),
         "seconds": round(wall, 3),
         "requests_per_second": round(len(latencies) / wall, 2),
@@ -98,6 +102,15 @@ def load_level(url: str, blobs: list[bytes], concurrency: int, n_requests: int) 
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
         "errors": int(errors),
     }
+
+
+def scraped_recognitions(url: str) -> float:
+    """``skuscale_recognitions_total`` summed over its series, from one scrape on a new connection."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "skuscale_recognitions_total")
 
 
 def durability(bundle: Path, data_dir: Path, port: int, db: str | None, blobs: list[bytes]) -> dict:
@@ -148,6 +161,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=120, help="Requests per concurrency level.")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--db", default=None, help="Database URL (default: SQLite in a temporary data dir).")
+    parser.add_argument("--workers", type=int, default=1, help="Server worker processes for the load part.")
     args = parser.parse_args()
     with open(args.data / "val.csv", newline="") as fh:
         paths = [args.data / r["path"] for r in csv.DictReader(fh)]
@@ -155,11 +169,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="skuscale-bench-") as tmp:
         port = free_port()
-        proc = start_server(args.bundle, Path(tmp) / "load", port, args.db)
+        proc = start_server(args.bundle, Path(tmp) / "load", port, args.db, args.workers)
         try:
             url = f"http://127.0.0.1:{port}"
-            load_level(url, blobs, 1, 5)  # warm-up
+            warm = load_level(url, blobs, 1, 5)
             levels = [load_level(url, blobs, c, args.requests) for c in args.levels]
+            answered = warm["answered"] + sum(level["answered"] for level in levels)
+            scraped = [scraped_recognitions(url) for _ in range(3)]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -170,15 +186,18 @@ def main() -> None:
         "bundle": str(args.bundle),
         "database": "sqlite" if not args.db else args.db.split(":", 1)[0],
         "endpoint": "POST /v1/recognize (one image, multipart)",
+        "workers": args.workers,
         "levels": levels,
         "errors": sum(level["errors"] for level in levels),
+        "metrics": {"answered": answered, "scraped_recognitions_total": scraped,
+                    "consistent": all(s == answered for s in scraped)},
         "durability": durable,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    if report["errors"] or durable["records_lost"]:
+    if report["errors"] or durable["records_lost"] or not report["metrics"]["consistent"]:
         sys.exit(1)
 
 

@@ -135,3 +135,39 @@ def test_serve_with_workers_sums_over_workers_and_removes_its_metrics_dir(serve_
                 proc.kill()
                 proc.wait()
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("skuscale-metrics-")]
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_listener_gives_accepted_connections_tcp_nodelay(ours):
+    """Without TCP_NODELAY each keep-alive response waits ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from skuscale.cli.serve import tcp_listener
+
+    if ours:
+        sock = tcp_listener("127.0.0.1", 0)
+    else:  # how uvicorn 0.54 binds the socket it shares between workers
+        sock = socket.socket(socket.AF_INET)
+        sock.bind(("127.0.0.1", 0))
+    accepted = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            s = transport.get_extra_info("socket")
+            accepted.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        for _ in range(100):
+            if accepted:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert accepted and bool(accepted[0]) is ours

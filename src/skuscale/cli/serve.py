@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,26 @@ import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound, inheritable TCP listening socket whose accepted connections get ``TCP_NODELAY``.
+
+    uvicorn 0.54 binds the shared socket of ``--workers N`` with ``proto`` 0, and asyncio
+    only sets ``TCP_NODELAY`` on accepted sockets that say ``IPPROTO_TCP``; Nagle's
+    algorithm then holds each keep-alive response for the client's delayed ACK, about
+    40 ms on Linux (uvicorn issue #3149). Binding with ``IPPROTO_TCP`` avoids it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
@@ -73,10 +94,23 @@ def serve(
         if own_dir:
             os.environ[MULTIPROC_ENV] = own_dir
         try:
-            uvicorn.run(
-                "skuscale.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level,
-            )
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config("skuscale.serve.app:app_from_env", factory=True, host=host, port=port,
+                                    workers=workers, log_level=log_level)
+            try:
+                sock = tcp_listener(host, port)
+            except OSError as exc:
+                console.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {exc}", highlight=False)
+                raise typer.Exit(1) from None
+            console.print(f"serving on http://{host}:{port} with {workers} workers (Ctrl+C to stop)", highlight=False)
+            # What uvicorn.run does for several workers, but on a socket of our own.
+            try:
+                Multiprocess(config, sockets=[sock]).run()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sock.close()
         finally:
             if own_dir:
                 shutil.rmtree(own_dir, ignore_errors=True)
