@@ -53,12 +53,14 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def test_two_processes_on_one_metrics_dir_report_the_same_totals(serve_bundle, tmp_path):
+def test_two_processes_on_one_metrics_dir_report_the_same_totals(serve_bundle, tmp_path, db_config):
     """Two uvicorn processes on one database and metrics directory, as ``--workers 2`` runs them."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**base_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
            "SKUSCALE_BUNDLE": str(serve_bundle["bundle"]), "SKUSCALE_DATA_DIR": str(tmp_path / "data")}
+    if db_config:
+        env |= {"SKUSCALE_DB_URL": db_config["db_url"], "SKUSCALE_DB_SCHEMA": db_config["db_schema"]}
     procs, urls = [], []
     try:
         for _ in range(2):
