@@ -32,7 +32,7 @@ from skuscale.embed.backbone import CENTRE_CROP_FRACTION, EmbeddingNet
 from skuscale.embed.finetune_config import LOSSES, SAMPLERS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 
-__all__ = ["LOSSES", "SAMPLERS", "FinetuneConfig", "FinetuneReport", "finetune_backbone", "supcon_loss"]
+__all__ = ["LOSSES", "SAMPLERS", "FinetuneConfig", "FinetuneReport", "finetune_backbone", "mixup_batch", "supcon_loss"]
 
 #: Called after every optimiser step with (steps done, total steps, running loss).
 StepProgress = Callable[[int, int, float], None]

@@ -71,16 +71,6 @@ class _QueueAndAccuracy(Collector):
         yield n
 
 
-class _Forward(Collector):
-    """Everything one registry collects, for another registry to expose."""
-
-    def __init__(self, registry: CollectorRegistry):
-        self.registry = registry
-
-    def collect(self):
-        yield from self.registry.collect()
-
-
 class ServiceMetrics:
     """All service metrics, registered on ``registry``.
 
@@ -114,8 +104,12 @@ class ServiceMetrics:
         self.registry = registry
         self.accuracy = accuracy
         self.multiprocess_dir = multiprocess_dir()
-        # Collected in this process at scrape time (prometheus_client cannot share them).
-        self.local = CollectorRegistry() if self.multiprocess_dir else registry
+        # What a scrape exposes. In multiprocess mode: every worker's files, plus the metrics
+        # this process collects itself (prometheus_client cannot share those).
+        self.scrape_registry = registry
+        if self.multiprocess_dir:
+            self.scrape_registry = CollectorRegistry()
+            MultiProcessCollector(self.scrape_registry, path=self.multiprocess_dir)
         self.recognitions = Counter(
             "skuscale_recognitions", "Recognised images per predicted SKU and band.", ["sku", "band"],
             registry=registry,
@@ -145,22 +139,17 @@ class ServiceMetrics:
         self.ood_threshold = Gauge("skuscale_ood_threshold", "The bundle's OOD threshold.", registry=registry,
                                    multiprocess_mode="mostrecent")
         self.ood_threshold.set(ood_threshold)
-        self.bundle = Info("skuscale_bundle", "The loaded bundle.", registry=self.local)
+        self.bundle = Info("skuscale_bundle", "The loaded bundle.", registry=self.scrape_registry)
         self.bundle.info(bundle_info)
         self.catalogue_size = Gauge(
             "skuscale_catalogue_skus", "SKUs in the catalogue.", ["source"], registry=registry,
             multiprocess_mode="mostrecent",
         )
-        self.local.register(_QueueAndAccuracy(queue_depth, accuracy))
+        self.scrape_registry.register(_QueueAndAccuracy(queue_depth, accuracy))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (summed over worker processes in multiprocess mode)."""
-        if not self.multiprocess_dir:
-            return generate_latest(self.registry)
-        scrape = CollectorRegistry()
-        MultiProcessCollector(scrape, path=self.multiprocess_dir)
-        scrape.register(_Forward(self.local))
-        return generate_latest(scrape)
+        return generate_latest(self.scrape_registry)
 
     def record_recognition(self, sku: str, band: str, ood_score: float) -> None:
         self.recognitions.labels(sku=sku, band=band).inc()
