@@ -21,11 +21,11 @@ def test_rolling_accuracy_window():
         RollingAccuracy(window=0)
 
 
-def test_rolling_accuracy_reset_keeps_the_last_window_of_each_sku():
+def test_rolling_accuracy_extend_keeps_the_last_window_of_each_sku():
     acc = RollingAccuracy(window=2)
     acc.add("C", True)
-    acc.reset([("A", True), ("A", False), ("B", True), ("A", False)])
-    assert acc.values() == {"A": (0.0, 2), "B": (1.0, 1)}
+    acc.extend([("A", True), ("A", False), ("B", True), ("A", False)])
+    assert acc.values() == {"A": (0.0, 2), "B": (1.0, 1), "C": (1.0, 1)}
     acc.add("B", False)
     assert acc.values()["B"] == (0.5, 2)
 

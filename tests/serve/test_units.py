@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -17,8 +19,9 @@ from skuscale.ood.detectors import (
 )
 from skuscale.routing import Router
 from skuscale.routing.thresholds import ThresholdTable
+from skuscale.serve import repository as repo
 from skuscale.serve.auth import identify
-from skuscale.serve.db import make_engine, migrate
+from skuscale.serve.db import Event, Feedback, make_engine, make_sessionmaker, migrate
 from skuscale.serve.images import ImageStore
 from skuscale.serve.recognizer import enrol_into_model
 from skuscale.serve.settings import hash_token
@@ -90,7 +93,9 @@ def test_migrations_are_idempotent(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
         tables = set(sa.inspect(conn).get_table_names())
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        indexes = sa.inspect(conn).get_indexes("events")
+    assert any(ix["column_names"] == ["resolved_at"] for ix in indexes)
     assert {"events", "images", "feedback", "enrolments", "webhooks", "outbox"} <= tables
 
 
@@ -101,3 +106,66 @@ def test_serving_path_does_not_import_torch():
     code = ("import sys, skuscale.serve.app, skuscale.cli.serve, skuscale.client; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _label_db(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'labels.sqlite'}")
+    migrate(engine)
+    return make_sessionmaker(engine)
+
+
+T0 = _dt.datetime(2026, 11, 27, 12, 0, 0)
+
+
+def _resolved(session, n, at, *, sku="a", final="a"):
+    session.add(Event(id=f"e{n}", created_at=at, band="verify", sku=sku, confidence=0.9, ood_score=0.0,
+                      candidates=[], status="final", final_sku=final, resolution="sku", resolved_at=at,
+                      resolved_by="r"))
+
+
+def _feedback(session, event_id, at, outcome):
+    session.add(Feedback(event_id=event_id, truth_sku=None, outcome=outcome, created_at=at))
+
+
+def test_label_feed_returns_each_label_once_oldest_first(tmp_path):
+    Session = _label_db(tmp_path)
+    feed = repo.LabelFeed()
+    with Session() as s:
+        assert feed.read(s) == []
+        _resolved(s, 1, T0, sku="a", final="a")
+        _resolved(s, 2, T0 + _dt.timedelta(seconds=2), sku="b", final="a")
+        s.flush()
+        _feedback(s, "e1", T0 + _dt.timedelta(seconds=1), "incorrect")
+        s.commit()
+        assert feed.read(s) == [("a", True), ("a", False), ("b", False)]
+        assert feed.read(s) == []
+        _feedback(s, "e2", T0 + _dt.timedelta(seconds=3), "correct")
+        s.commit()
+        assert feed.read(s) == [("b", True)]
+        assert feed.read(s) == []
+
+
+def test_label_feed_reads_a_late_commit_within_lateness_and_not_beyond(tmp_path):
+    Session = _label_db(tmp_path)
+    feed = repo.LabelFeed(lateness=_dt.timedelta(seconds=60))
+    with Session() as s:
+        _resolved(s, 1, T0 + _dt.timedelta(seconds=100))
+        s.commit()
+        assert feed.read(s) == [("a", True)]
+        # Stamped before the newest row read, committed after that read: another worker's slow transaction.
+        _resolved(s, 2, T0 + _dt.timedelta(seconds=50), sku="b", final="b")
+        _resolved(s, 3, T0 + _dt.timedelta(seconds=30), sku="c", final="c")
+        s.commit()
+        assert feed.read(s) == [("b", True)]
+        assert feed.read(s) == []
+
+
+def test_label_feed_first_read_takes_the_newest_limit_of_each_kind(tmp_path):
+    Session = _label_db(tmp_path)
+    with Session() as s:
+        for n in range(5):
+            _resolved(s, n, T0 + _dt.timedelta(seconds=n), sku=f"s{n}", final=f"s{n}")
+        s.commit()
+        assert repo.LabelFeed(limit=2).read(s) == [("s3", True), ("s4", True)]
+    with pytest.raises(ValueError, match="limit"):
+        repo.LabelFeed(limit=0)

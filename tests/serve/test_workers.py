@@ -104,6 +104,18 @@ def test_two_processes_on_one_metrics_dir_report_the_same_totals(serve_bundle, t
                 assert accuracy[(("sku", first["sku"]),)] == 1.0
                 assert accuracy[(("sku", second["sku"]),)] == 0.0
         assert seen[0]["skuscale_recognitions_total"] == seen[1]["skuscale_recognitions_total"]
+
+        # After a scrape, each process reads only the labels added since, its own included, once.
+        third = on_a[2]
+        assert httpx.post(f"{a}/v1/feedback", headers=REV, json={"event_id": third["event_id"], "sku": third["sku"]},
+                          timeout=30).status_code == 200
+        outcomes: dict[str, list[bool]] = {}
+        for event, ok in ((first, True), (second, False), (third, True)):
+            outcomes.setdefault(event["sku"], []).append(ok)
+        for s in (samples(a), samples(b)):
+            for sku, oks in outcomes.items():
+                assert s["skuscale_sku_accuracy_samples"][(("sku", sku),)] == len(oks)
+                assert s["skuscale_sku_accuracy"][(("sku", sku),)] == pytest.approx(sum(oks) / len(oks))
     finally:
         for proc in procs:
             if proc.poll() is None:

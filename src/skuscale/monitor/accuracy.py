@@ -30,13 +30,11 @@ class RollingAccuracy:
         with self._lock:
             self._outcomes.setdefault(sku, deque(maxlen=self.window)).append(bool(correct))
 
-    def reset(self, outcomes) -> None:
-        """Replace every window by the last ``window`` of ``outcomes``: (SKU, correct) pairs, oldest first."""
-        fresh: dict[str, deque[bool]] = {}
-        for sku, correct in outcomes:
-            fresh.setdefault(sku, deque(maxlen=self.window)).append(bool(correct))
+    def extend(self, outcomes) -> None:
+        """:meth:`add` each of ``outcomes``, (SKU, correct) pairs, oldest first."""
         with self._lock:
-            self._outcomes = fresh
+            for sku, correct in outcomes:
+                self._outcomes.setdefault(sku, deque(maxlen=self.window)).append(bool(correct))
 
     def values(self) -> dict[str, tuple[float, int]]:
         """SKU -> (accuracy, number of labelled events in the window)."""

@@ -157,4 +157,7 @@ class ServiceMetrics:
 
     def record_outcome(self, sku: str, correct: bool) -> None:
         self.feedback.labels(sku=sku, outcome=OUTCOMES[0] if correct else OUTCOMES[1]).inc()
-        self.accuracy.add(sku, correct)
+        if not self.multiprocess_dir:
+            # With several workers the accuracy follows the database, where every worker's labels
+            # are; adding this one here too would count it twice.
+            self.accuracy.add(sku, correct)

@@ -164,18 +164,14 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             return repo.queue_depth(session)
 
     accuracy = RollingAccuracy(settings.accuracy_window)
-    accuracy_version: list[tuple[int, int] | None] = [None]
+    label_feed = repo.LabelFeed()
     accuracy_lock = threading.Lock()
 
     def refresh_accuracy() -> None:
-        """Rebuild the rolling accuracy from the database if any labelled event was added since the last look."""
+        """Add the resolutions and feedback committed (by any process) since the last look to the rolling accuracy."""
         with accuracy_lock, Session() as session:
-            version = repo.labelled_version(session)
-            if version == accuracy_version[0]:
-                return
             catalogue = set(recognizer.skus)
-            accuracy.reset((sku, ok) for sku, ok in repo.labelled_outcomes(session) if sku in catalogue)
-            accuracy_version[0] = version
+            accuracy.extend((sku, ok) for sku, ok in label_feed.read(session) if sku in catalogue)
 
     refresh_accuracy()
     metrics = ServiceMetrics(

@@ -69,7 +69,7 @@ class Event(Base):
     final_sku: Mapped[str | None] = mapped_column(String(SKU_LENGTH), nullable=True)
     resolution: Mapped[str | None] = mapped_column(String(16), nullable=True)
     proposed_sku: Mapped[str | None] = mapped_column(String(SKU_LENGTH), nullable=True)
-    resolved_at: Mapped[_dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    resolved_at: Mapped[_dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     resolved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 

@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -208,31 +208,80 @@ def add_feedback(
     return fb, correct
 
 
-def labelled_outcomes(session: Session, limit: int = 100_000) -> list[tuple[str, bool]]:
-    """(predicted SKU, correct) of resolutions and feedback, oldest first, to seed the rolling accuracy."""
-    resolved = session.execute(
-        select(Event.resolved_at, Event.sku, Event.final_sku, Event.resolution)
-        .where(Event.resolution.in_(("sku", "new_product", "not_a_product")))
-        .order_by(Event.resolved_at.desc())
-        .limit(limit)
-    ).all()
-    feedback = session.execute(
-        select(Feedback.created_at, Event.sku, Feedback.outcome)
-        .join(Event, Event.id == Feedback.event_id)
-        .order_by(Feedback.created_at.desc())
-        .limit(limit)
-    ).all()
-    rows = [(t, sku, res == "sku" and final == sku) for t, sku, final, res in resolved]
-    rows += [(t, sku, outcome == "correct") for t, sku, outcome in feedback]
-    rows.sort(key=lambda r: r[0])
-    return [(sku, ok) for _, sku, ok in rows]
+#: How long after its timestamp a labelled row may become visible (its transaction commits)
+#: and still be read by :class:`LabelFeed`: far longer than a request's transaction lives.
+LABEL_LATENESS = _dt.timedelta(minutes=2)
 
 
-def labelled_version(session: Session) -> tuple[int, int]:
-    """(resolved events, feedback rows): grows with every labelled event (neither is ever deleted)."""
-    resolved = session.scalar(select(func.count()).select_from(Event).where(Event.resolution.is_not(None)))
-    feedback = session.scalar(select(func.count()).select_from(Feedback))
-    return int(resolved or 0), int(feedback or 0)
+@dataclass
+class _Cursor:
+    """Where a :class:`LabelFeed` stands in one table: its newest timestamp read, and the ids
+    read at or after ``newest - lateness`` (the rows the next query will see again)."""
+
+    newest: _dt.datetime | None = None
+    recent: dict[Any, _dt.datetime] = field(default_factory=dict)
+
+    def take(self, rows: list, lateness: _dt.timedelta) -> list:
+        """The rows (id, timestamp, ...) not read before; moves the cursor past them."""
+        fresh = [r for r in rows if r[0] not in self.recent]
+        for r in fresh:
+            self.recent[r[0]] = r[1]
+            if self.newest is None or r[1] > self.newest:
+                self.newest = r[1]
+        if self.newest is not None:
+            horizon = self.newest - lateness
+            self.recent = {k: t for k, t in self.recent.items() if t >= horizon}
+        return fresh
+
+
+class LabelFeed:
+    """(predicted SKU, correct) of resolutions and feedback that this reader has not returned yet.
+
+    The first :meth:`read` returns the newest ``limit`` resolutions and the newest ``limit``
+    feedback rows; each later one only the rows committed since, so a process can follow
+    the labels that other processes write at the cost of the new rows alone. Rows are
+    found by their indexed timestamps (``Event.resolved_at``, ``Feedback.created_at``)
+    from ``lateness`` before the newest one read, and rows read before are skipped by
+    id. A transaction that commits after a later one is therefore still read once, as
+    long as it commits within ``lateness`` of its timestamp.
+
+    Parameters
+    ----------
+    limit : int
+        Rows of each kind on the first read.
+    lateness : datetime.timedelta
+    """
+
+    def __init__(self, *, limit: int = 100_000, lateness: _dt.timedelta = LABEL_LATENESS):
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        self.limit = int(limit)
+        self.lateness = lateness
+        self._resolutions = _Cursor()
+        self._feedback = _Cursor()
+
+    def read(self, session: Session) -> list[tuple[str, bool]]:
+        """The labelled outcomes not returned before, oldest first."""
+        resolved_q = select(Event.id, Event.resolved_at, Event.sku, Event.final_sku, Event.resolution).where(
+            Event.resolution.in_(("sku", "new_product", "not_a_product"))
+        )
+        feedback_q = select(Feedback.id, Feedback.created_at, Event.sku, Feedback.outcome).join(
+            Event, Event.id == Feedback.event_id
+        )
+        if self._resolutions.newest is None:
+            resolved_q = resolved_q.order_by(Event.resolved_at.desc()).limit(self.limit)
+        else:
+            resolved_q = resolved_q.where(Event.resolved_at >= self._resolutions.newest - self.lateness)
+        if self._feedback.newest is None:
+            feedback_q = feedback_q.order_by(Feedback.created_at.desc()).limit(self.limit)
+        else:
+            feedback_q = feedback_q.where(Feedback.created_at >= self._feedback.newest - self.lateness)
+        resolved = self._resolutions.take(session.execute(resolved_q).all(), self.lateness)
+        feedback = self._feedback.take(session.execute(feedback_q).all(), self.lateness)
+        rows = [(t, sku, res == "sku" and final == sku) for _, t, sku, final, res in resolved]
+        rows += [(t, sku, outcome == "correct") for _, t, sku, outcome in feedback]
+        rows.sort(key=lambda r: r[0])
+        return [(sku, ok) for _, sku, ok in rows]
 
 
 # ------------------------------------------------------------------------- enrolments
