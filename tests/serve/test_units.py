@@ -169,3 +169,27 @@ def test_label_feed_first_read_takes_the_newest_limit_of_each_kind(tmp_path):
         assert repo.LabelFeed(limit=2).read(s) == [("s3", True), ("s4", True)]
     with pytest.raises(ValueError, match="limit"):
         repo.LabelFeed(limit=0)
+
+
+def test_label_feed_loses_nothing_when_a_read_fails_half_way(tmp_path):
+    Session = _label_db(tmp_path)
+    feed = repo.LabelFeed()
+    with Session() as s:
+        _resolved(s, 1, T0)
+        s.commit()
+        assert feed.read(s) == [("a", True)]
+        _resolved(s, 2, T0 + _dt.timedelta(seconds=1), sku="b", final="b")
+        s.commit()
+
+        class DropsSecondQuery:
+            calls = 0
+
+            def execute(self, *args, **kwargs):
+                DropsSecondQuery.calls += 1
+                if DropsSecondQuery.calls == 2:
+                    raise sa.exc.OperationalError("SELECT", {}, Exception("database went away"))
+                return s.execute(*args, **kwargs)
+
+        with pytest.raises(sa.exc.OperationalError):
+            feed.read(DropsSecondQuery())
+        assert feed.read(s) == [("b", True)]

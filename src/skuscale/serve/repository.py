@@ -276,8 +276,10 @@ class LabelFeed:
             feedback_q = feedback_q.order_by(Feedback.created_at.desc()).limit(self.limit)
         else:
             feedback_q = feedback_q.where(Feedback.created_at >= self._feedback.newest - self.lateness)
-        resolved = self._resolutions.take(session.execute(resolved_q).all(), self.lateness)
-        feedback = self._feedback.take(session.execute(feedback_q).all(), self.lateness)
+        resolved_rows, feedback_rows = session.execute(resolved_q).all(), session.execute(feedback_q).all()
+        # Only once both queries have answered: a failed read must leave both cursors where they were.
+        resolved = self._resolutions.take(resolved_rows, self.lateness)
+        feedback = self._feedback.take(feedback_rows, self.lateness)
         rows = [(t, sku, res == "sku" and final == sku) for _, t, sku, final, res in resolved]
         rows += [(t, sku, outcome == "correct") for _, t, sku, outcome in feedback]
         rows.sort(key=lambda r: r[0])
