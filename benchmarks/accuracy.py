@@ -40,6 +40,15 @@ Protocol (only train, val and reference are read):
 
 Each variant also records its backbone's parameters and multiply-accumulates (MACs) at
 its input size, and its wall time on the machine that ran it (``device`` says which).
+
+Val has no photos of 21 of the 81 SKUs, among them long-tail ones and near-duplicate
+cartons. ``--train-holdout F`` holds the last ``F`` of each such SKU's training photos (in
+manifest order, which keeps shooting sessions mostly together) out of fine-tuning and out
+of the head, and adds a ``train_holdout`` block: top-1 on those photos, and the per-SKU
+spread, its floor and the bottom decile over every SKU (val's photos where val has the
+SKU, the held-out block where it has not). The other metrics are still measured on val
+alone, with a backbone and head that saw fewer training photos. Variants only: a built
+bundle's backbone has seen every training photo.
 """
 
 from __future__ import annotations
@@ -151,13 +160,14 @@ def oracle_automation(conf: np.ndarray, correct: np.ndarray, precision: float = 
 
 
 def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus=None,
-          config: TrainingConfig | None = None, ood_space: tuple | None = None) -> dict:
+          config: TrainingConfig | None = None, ood_space: tuple | None = None, holdout: tuple | None = None) -> dict:
     """The protocol in the module docstring, on embeddings.
 
     ``ood_skus`` restricts the simulated unknowns to a bundle's sentinel SKUs (those
     its backbone was not fine-tuned on), as the build does. ``ood_space`` is
     ``(X_fit, X_val)`` from a late-join bundle's backbone before the late join: the
-    unknowns are simulated there, as the build does.
+    unknowns are simulated there, as the build does. ``holdout`` is ``(X, y)`` of training
+    photos held out of everything for the SKUs val lacks (``--train-holdout``).
     """
     cfg = config or TrainingConfig()
     head = cfg.make_head().fit(X_fit, y_fit)
@@ -169,6 +179,7 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus
     cats = np.array([sku_to_category[s] for s in y_val])
     pred_cats = np.array([sku_to_category[s] for s in pred])
 
+    extra = {} if holdout is None else {"train_holdout": holdout_metrics(head, *holdout, y_val, correct, train_counts)}
     routed = route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg, ood_skus=ood_skus, ood_space=ood_space)
     # The build also trains its final head on the calibration photos (``final_on_calibration``).
     # Val halves share shooting sessions, so this is the optimistic reading: it is what the build
@@ -192,6 +203,31 @@ def score(X_fit, y_fit, X_val, y_val, sku_to_category, train_counts, *, ood_skus
         **{k: v for k, v in routed.items() if k != "limits"},
         **routed["limits"],
         "final_head_on_calibration": {**{k: v for k, v in seen.items() if k != "limits"}, **seen["limits"]},
+        **extra,
+    }
+
+
+def holdout_metrics(head, X_hold, y_hold, y_val, correct_val, train_counts: dict) -> dict:
+    """Per-SKU metrics over every SKU: val's photos where val has the SKU, else the held-out training photos."""
+    correct_hold = head.predict(X_hold) == y_hold
+    y_all = np.concatenate([y_val, y_hold[~np.isin(y_hold, y_val)]])
+    right_all = np.concatenate([correct_val, correct_hold[~np.isin(y_hold, y_val)]])
+    skus, counts = np.unique(y_all, return_counts=True)
+    per_sku = {str(s): float(right_all[y_all == s].mean()) for s in skus}
+    ranked = sorted(per_sku, key=lambda s: train_counts.get(s, 0))
+    decile = max(1, round(len(ranked) / 10))
+    held = {str(s): float(correct_hold[y_hold == s].mean()) for s in np.unique(y_hold)}
+    return {
+        "n": int(y_hold.size),
+        "skus": len(held),
+        "top1": float(correct_hold.mean()),
+        "skus_scored": len(per_sku),
+        "per_class_top1_std_pp": float(np.std(list(per_sku.values())) * 100),
+        "per_class_top1_std_floor_pp": per_class_spread_floor(counts, float(right_all.mean()))["mean_pp"],
+        "bottom_decile_top1": float(np.mean([per_sku[s] for s in ranked[:decile]])),
+        "bottom_decile_skus": ranked[:decile],
+        "sku_top1": dict(sorted(held.items(), key=lambda kv: kv[1])),
+        "sku_n": {str(s): int(n) for s, n in zip(*np.unique(y_hold, return_counts=True), strict=True)},
     }
 
 
@@ -263,6 +299,8 @@ def run_bundle(path: Path, data: dict, args) -> dict:
 
     started = time.perf_counter()
     bundle = Bundle.load(path)
+    if "holdout" in data:
+        raise SystemExit("--train-holdout needs variants: a built bundle's backbone has seen every training photo")
     embedder = OnnxEmbedder(path / bundle.backbone["onnx"], bundle.preprocessing)
     cache = EmbeddingCache(args.cache_dir) if args.cache_dir else None
     emb = {k: embed_paths(data[k]["paths"], embedder, cache=cache) for k in ("train", "val", "reference")}
@@ -326,11 +364,13 @@ def run_variant(name: str, spec: dict, data: dict, args) -> dict:
         )
         ft_report = rep.to_dict()
         _TUNED[memo] = ({k: v.clone() for k, v in net.state_dict().items()}, ft_report)
-    emb = {k: embed(net, data[k]["images"], prep, tta=spec.get("tta", False), device=device)
-           for k in ("train", "val", "reference")}
+    parts = ("train", "val", "reference") + (("holdout",) if "holdout" in data else ())
+    emb = {k: embed(net, data[k]["images"], prep, tta=spec.get("tta", False), device=device) for k in parts}
     X_fit = np.concatenate([emb["train"], emb["reference"]])
     y_fit = np.concatenate([data["train"]["y"], data["reference"]["y"]])
-    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"])
+    holdout = (emb["holdout"], data["holdout"]["y"]) if "holdout" in data else None
+    metrics = score(X_fit, y_fit, emb["val"], data["val"]["y"], data["sku_to_category"], data["train_counts"],
+                    holdout=holdout)
     return {
         "variant": name,
         "spec": spec,
@@ -372,7 +412,38 @@ def markdown(rows: list[dict]) -> str:
         gains = ", ".join(f"{sku} +{g:.3f}" for sku, g in r.get("oracle_gain_without_sku", {}).items())
         lines.append(f"* {r['variant']}: most confident errors {errors or '-'}; oracle gain without a SKU's "
                      f"photos: {gains or '-'}")
+    held = [r for r in rows if "train_holdout" in r]
+    if held:
+        lines += ["", "SKUs that val lacks, scored on training photos held out of everything (`--train-holdout`); "
+                  "spread and bottom decile over every SKU:", "",
+                  "| variant | held-out photos | SKUs | top1 on them | SKUs scored | per_class_top1_std_pp | floor | "
+                  "bottom_decile_top1 | lowest held-out SKUs |", "|" + "---|" * 9]
+        for r in held:
+            h = r["train_holdout"]
+            low = ", ".join(f"{s} {v:.2f}" for s, v in list(h["sku_top1"].items())[:4])
+            lines.append(f"| {r['variant']} | {h['n']} | {h['skus']} | {h['top1']:.3f} | {h['skus_scored']} | "
+                         f"{h['per_class_top1_std_pp']:.1f} | {h['per_class_top1_std_floor_pp']:.1f} | "
+                         f"{h['bottom_decile_top1']:.3f} | {low} |")
     return "\n".join(lines) + "\n"
+
+
+def split_holdout(train: dict, val_skus: set, fraction: float) -> tuple[dict, dict]:
+    """(train less the held-out photos, the held-out photos): the last ``fraction`` of the
+    photos of each SKU not in ``val_skus``, at least one, in manifest order."""
+    y = train["y"]
+    held = np.zeros(y.size, bool)
+    for sku in sorted(set(y.tolist()) - val_skus):
+        rows = np.flatnonzero(y == sku)
+        n = max(1, round(rows.size * fraction))
+        if n < rows.size:
+            held[rows[-n:]] = True
+
+    def take(mask):
+        idx = np.flatnonzero(mask)
+        return {"images": [train["images"][i] for i in idx], "paths": [train["paths"][i] for i in idx],
+                "y": y[idx], "cats": train["cats"]}
+
+    return take(~held), take(held)
 
 
 def load_split(manifest: Path, max_per_sku: int | None = None) -> dict:
@@ -399,7 +470,13 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="also score this built bundle's backbone under the same protocol (repeatable)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache for --bundle")
+    parser.add_argument("--train-holdout", type=float, default=0.0, metavar="F",
+                        help="hold out the last F of the training photos of each SKU that val lacks (variants only)")
     args = parser.parse_args()
+    if not 0 <= args.train_holdout < 1:
+        parser.error("--train-holdout must be in [0, 1)")
+    if args.train_holdout and args.bundle:
+        parser.error("--train-holdout needs variants: a built bundle's backbone has seen every training photo")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     data = {k: load_split(args.data / f"{k}.csv", args.max_per_sku if k == "train" else None)
@@ -407,6 +484,8 @@ def main() -> None:
     data["sku_to_category"] = {**data["reference"]["cats"], **data["train"]["cats"], **data["val"]["cats"]}
     skus, counts = np.unique(data["train"]["y"], return_counts=True)
     data["train_counts"] = dict(zip(skus.tolist(), counts.tolist(), strict=True))
+    if args.train_holdout:
+        data["train"], data["holdout"] = split_holdout(data["train"], set(data["val"]["y"]), args.train_holdout)
     rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
