@@ -48,7 +48,9 @@ of the head, and adds a ``train_holdout`` block: top-1 on those photos, and the 
 spread, its floor and the bottom decile over every SKU (val's photos where val has the
 SKU, the held-out block where it has not). The other metrics are still measured on val
 alone, with a backbone and head that saw fewer training photos. Variants only: a built
-bundle's backbone has seen every training photo.
+bundle's backbone has seen every training photo. Consecutive training photos mostly share
+a shooting session, so for those SKUs it is a seen-session reading, an upper estimate
+(frozen Lite0: 0.954 on them against 0.767 on val).
 """
 
 from __future__ import annotations
