@@ -92,6 +92,7 @@ VARIANTS: dict[str, dict] = {
     "ft12-cosface": {"finetune": {**DEFAULT_FT, "loss": "cosface"}},
     "ft12-supcon": {"finetune": {**DEFAULT_FT, "loss": "supcon"}},
     "ft12-mixup": {"finetune": {**DEFAULT_FT, "mixup_alpha": 0.2}},
+    "ft12-erase": {"finetune": {**DEFAULT_FT, "random_erase": 0.25}},
     "ft12-noref": {"finetune": {**DEFAULT_FT, "reference_weight": 0.0}},
     "ft12-lr1e-3": {"finetune": {**DEFAULT_FT, "lr": 1e-3}},
     "ft12-lr2e-4": {"finetune": {**DEFAULT_FT, "lr": 2e-4}},

@@ -68,9 +68,41 @@ def test_jitter_and_blur_change_pixels_but_not_geometry(photo):
     assert np.corrcoef(plain.ravel(), jittered.ravel())[0, 1] > 0.8
 
 
+def test_random_erasing_replaces_one_rectangle_and_nothing_else(photo):
+    size, n = 48, 0
+    for seed in range(20):
+        plain = ShelfAugment(image_size=size)(photo, np.random.default_rng(seed))
+        erased = ShelfAugment(image_size=size, erase=1.0)(photo, np.random.default_rng(seed))
+        # Erasing draws after every other step, so the rest of the view is the plain one.
+        changed = (plain != erased).any(axis=0)
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        box = np.zeros_like(changed)
+        box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        np.testing.assert_array_equal(plain[:, ~box], erased[:, ~box])
+        area = box.sum() / size**2
+        assert 0.02 * 0.8 <= area <= 0.25 * 1.2
+        assert np.all(np.abs(erased[:, box]) <= 1.0)
+        np.testing.assert_array_equal(erased, ShelfAugment(image_size=size, erase=1.0)(photo,
+                                                                                      np.random.default_rng(seed)))
+        n += 1
+    assert n == 20
+
+
+def test_erasing_off_leaves_the_seeded_views_unchanged(photo):
+    rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
+    np.testing.assert_array_equal(ShelfAugment(image_size=32)(photo, rng_a),
+                                  ShelfAugment(image_size=32, erase=0.0)(photo, rng_b))
+    # Not one extra draw: the next view from either stream is the same too.
+    assert rng_a.random() == rng_b.random()
+    rng_c = np.random.default_rng(4)
+    ShelfAugment(image_size=32, erase=0.5)(photo, rng_c)
+    assert rng_c.random() != np.random.default_rng(4).random()
+
+
 @pytest.mark.parametrize("bad", [
     {"region": 0.0}, {"region": 1.5}, {"scale": (0.9, 0.1)}, {"flip": 1.5}, {"brightness": 1.0},
-    {"image_size": 4}, {"std": 0.0}, {"blur_radius": (2.0, 1.0)},
+    {"image_size": 4}, {"std": 0.0}, {"blur_radius": (2.0, 1.0)}, {"erase": 1.5}, {"erase": -0.1},
+    {"erase_scale": (0.5, 0.1)}, {"erase_ratio": (0.0, 1.0)},
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):

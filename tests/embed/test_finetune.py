@@ -9,6 +9,7 @@ import torch
 from skuscale.data import load_dataset
 from skuscale.data.images import load_image
 from skuscale.data.preprocess import preprocess_batch
+from skuscale.embed import finetune as finetune_module
 from skuscale.embed.backbone import TorchEmbedder, load_backbone
 from skuscale.embed.export import export_onnx, verify_export
 from skuscale.embed.finetune import (
@@ -97,6 +98,10 @@ def test_cache_key_tracks_data_settings_and_base():
     mixed = finetune_key("lite0-abc", FinetuneConfig(epochs=2, mixup_alpha=0.2), *base[2:])
     assert mixed != key
     assert mixed != finetune_key("lite0-abc", FinetuneConfig(epochs=2, mixup_alpha=0.4), *base[2:])
+    # The same for random erasing.
+    assert key == finetune_key("lite0-abc", FinetuneConfig(epochs=2, random_erase=0.0), *base[2:])
+    erased = finetune_key("lite0-abc", FinetuneConfig(epochs=2, random_erase=0.25), *base[2:])
+    assert erased not in (key, mixed)
 
 
 @pytest.mark.parametrize("bad", [
@@ -105,6 +110,7 @@ def test_cache_key_tracks_data_settings_and_base():
     {"loss": "supcon", "views_per_class": 1}, {"loss": "supcon", "batch_size": 4, "views_per_class": 4},
     {"loss": "supcon", "supcon_temperature": 0.0}, {"supcon_weight": -1.0},
     {"mixup_alpha": -0.1}, {"mixup_alpha": 0.2, "loss": "cosface"}, {"mixup_alpha": 0.2, "loss": "supcon"},
+    {"random_erase": 1.5}, {"random_erase": -0.1},
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -183,3 +189,21 @@ def test_mixup_trains_on_blended_inputs_with_blended_loss(handful, monkeypatch):
     again, _ = finetune_backbone(load_backbone(), images, labels,
                                  config=FinetuneConfig(**FAST, seed=5, mixup_alpha=0.4))
     assert state_digest(again) == state_digest(mixed)
+
+
+def test_random_erase_reaches_the_training_views(handful, monkeypatch):
+    images, labels, _ = handful
+    seen = []
+    real = finetune_module.ShelfAugment
+
+    def spy(**kwargs):
+        seen.append(kwargs.get("erase", 0.0))
+        return real(**kwargs)
+
+    monkeypatch.setattr(finetune_module, "ShelfAugment", spy)
+    plain, _ = finetune_backbone(load_backbone(), images, labels, config=FinetuneConfig(**FAST, seed=5))
+    erased, report = finetune_backbone(load_backbone(), images, labels,
+                                       config=FinetuneConfig(**FAST, seed=5, random_erase=1.0))
+    assert seen == [0.0, 1.0]
+    assert np.isfinite(report.epoch_loss[0])
+    assert state_digest(erased) != state_digest(plain)

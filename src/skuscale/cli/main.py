@@ -89,6 +89,9 @@ def build(
     finetune_mixup: Annotated[float, typer.Option(
         help="Mixup alpha while fine-tuning (blend each batch with a shuffled copy of itself, lam ~ Beta(a, a)); "
              "0 switches it off. Losses ce and logit_adjust only.", min=0.0)] = 0.0,
+    finetune_erase: Annotated[float, typer.Option(
+        help="Probability of random erasing while fine-tuning (a rectangle of the view replaced by noise); "
+             "0 switches it off.", min=0.0, max=1.0)] = 0.0,
     ood_sentinels: Annotated[int | None, typer.Option(
         help="Keep N SKUs with calibration photos out of fine-tuning; only they simulate unknown products, so "
              "the OOD estimate and the thresholds' allowance for unknowns are honest. They stay in the catalogue. "
@@ -128,7 +131,7 @@ def build(
         finetune = FinetuneConfig(
             epochs=DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs, lr=finetune_lr,
             loss=finetune_loss, sampler=finetune_sampler, batch_size=finetune_batch_size, device=finetune_device,
-            mixup_alpha=finetune_mixup, seed=seed,
+            mixup_alpha=finetune_mixup, random_erase=finetune_erase, seed=seed,
         )
     except ValueError as exc:
         fail(f"fine-tuning settings: {exc}", 2)

@@ -24,7 +24,7 @@ def _check_range(name: str, low: float, high: float, *, lo: float, hi: float) ->
 
 @dataclass(frozen=True)
 class ShelfAugment:
-    """Random resized crop, flip, colour and brightness jitter and blur.
+    """Random resized crop, flip, colour and brightness jitter, blur and (optionally) random erasing.
 
     Parameters
     ----------
@@ -48,6 +48,15 @@ class ShelfAugment:
         Probability of a Gaussian blur (motion and focus blur of handheld shots).
     blur_radius : (float, float)
         Range of the blur radius in output pixels.
+    erase : float
+        Probability of random erasing (Zhong et al., "Random erasing data augmentation",
+        AAAI 2020): a rectangle of the view is replaced by uniform noise, as a hand, a
+        price label or another product would hide part of the pack. 0 (the default) draws
+        nothing, so the other draws of a seed stay as they were.
+    erase_scale : (float, float)
+        Range of the erased area as a share of the view.
+    erase_ratio : (float, float)
+        Range of the erased rectangle's aspect ratio, sampled log-uniformly.
     mean, std : float
         Normalisation, as in :class:`~skuscale.data.preprocess.Preprocessing`.
     """
@@ -62,6 +71,9 @@ class ShelfAugment:
     saturation: float = 0.3
     blur: float = 0.2
     blur_radius: tuple[float, float] = (0.1, 1.5)
+    erase: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.25)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
     mean: float = 127.0
     std: float = 128.0
 
@@ -73,7 +85,9 @@ class ShelfAugment:
         _check_range("scale", *self.scale, lo=1e-3, hi=1.0)
         _check_range("ratio", *self.ratio, lo=0.1, hi=10.0)
         _check_range("blur_radius", *self.blur_radius, lo=0.0, hi=50.0)
-        for name in ("flip", "blur"):
+        _check_range("erase_scale", *self.erase_scale, lo=1e-3, hi=1.0)
+        _check_range("erase_ratio", *self.erase_ratio, lo=0.1, hi=10.0)
+        for name in ("flip", "blur", "erase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability, got {getattr(self, name)!r}")
         for name in ("brightness", "contrast", "saturation"):
@@ -128,4 +142,19 @@ class ShelfAugment:
         if rng.random() < self.blur:
             view = view.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*self.blur_radius))))
         arr = (np.asarray(view, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
+        if self.erase and rng.random() < self.erase:
+            top, left, h, w = self.erase_box(size, rng)
+            arr[:, top:top + h, left:left + w] = rng.uniform(-1.0, 1.0, size=(3, h, w)).astype(np.float32)
+        return arr
+
+    def erase_box(self, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """A random ``(top, left, height, width)`` rectangle inside a ``size`` x ``size`` view."""
+        log_ratio = (math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1]))
+        area = size * size * rng.uniform(*self.erase_scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        h = min(size, max(1, round(math.sqrt(area / aspect))))
+        w = min(size, max(1, round(math.sqrt(area * aspect))))
+        top = int(rng.integers(0, size - h + 1))
+        left = int(rng.integers(0, size - w + 1))
+        return top, left, h, w

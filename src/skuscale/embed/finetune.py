@@ -155,8 +155,10 @@ def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequ
         # Settings that only the contrastive loss reads: keeps keys of other runs stable.
         for name in ("supcon_weight", "supcon_temperature", "views_per_class"):
             settings.pop(name)
-    if not config.mixup_alpha:
-        settings.pop("mixup_alpha")
+    for name in ("mixup_alpha", "random_erase"):
+        if not settings[name]:
+            # Off: keys of runs from before the setting existed stay valid.
+            settings.pop(name)
     head = {"base": base_identity, "config": settings, "torch": torch.__version__}
     h.update(json.dumps(head, sort_keys=True).encode())
     for digest, label, w in sorted(zip(image_digests, labels, weights, strict=True)):
@@ -228,7 +230,7 @@ def finetune_backbone(
     mix_rng = np.random.default_rng([config.seed, 1])
     torch.manual_seed(config.seed)
     size = int(config.image_size or net.spec.image_size)
-    augment = ShelfAugment(image_size=size, region=1.0)
+    augment = ShelfAugment(image_size=size, region=1.0, erase=config.random_erase)
     regions = [_central_region(img.convert("RGB"), config.region) for img in images]
     cosine = config.loss == "cosface"
 

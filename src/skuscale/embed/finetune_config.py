@@ -58,6 +58,10 @@ class FinetuneConfig:
         times that of the second. Trained this way, networks are less over-confident,
         also on inputs unlike their training data (Thulasidasan et al., NeurIPS 2019).
         0 (the default) switches it off; only for ``"ce"`` and ``"logit_adjust"``.
+    random_erase : float
+        Probability that a training view gets a rectangle replaced by noise
+        (:class:`skuscale.data.augment.ShelfAugment`'s ``erase``; Zhong et al., AAAI 2020).
+        0 (the default) switches it off.
     reference_weight : float
         How many training photos one reference pack shot counts as when drawing.
     image_size : int or None
@@ -89,6 +93,7 @@ class FinetuneConfig:
     supcon_temperature: float = 0.1
     views_per_class: int = 4
     mixup_alpha: float = 0.0
+    random_erase: float = 0.0
     reference_weight: float = 4.0
     image_size: int | None = None
     region: float = 0.85
@@ -126,6 +131,8 @@ class FinetuneConfig:
                      "mixup_alpha"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        if not 0 <= self.random_erase <= 1:
+            raise ValueError(f"random_erase is a probability, got {self.random_erase!r}")
         for name in ("label_smoothing", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
