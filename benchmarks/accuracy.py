@@ -235,9 +235,12 @@ def holdout_metrics(head, X_hold, y_hold, y_val, correct_val, train_counts: dict
 
 
 def route_halves(X_fit, y_fit, X_val, y_val, sku_to_category, cfg: TrainingConfig, *, ood_skus=None,
-                 final_on_calibration: bool = False, ood_space: tuple | None = None) -> dict:
-    """Calibrate on one half of val, route the other, both ways; pooled routing metrics."""
-    part = halves(y_val)
+                 final_on_calibration: bool = False, ood_space: tuple | None = None,
+                 part: np.ndarray | None = None) -> dict:
+    """Calibrate on one half of val, route the other, both ways; pooled routing metrics.
+
+    ``part`` (0 or 1 per val row) gives other halves than :func:`halves`."""
+    part = halves(y_val) if part is None else np.asarray(part)
     # MSP on two OOD folds: the build's detector search (five detectors, eight folds)
     # costs minutes per fit and barely moves automation, which is what is compared here.
     bench_cfg = replace(cfg, final_on_calibration=final_on_calibration, detectors=("msp",), ood_folds=2)

@@ -25,20 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from accuracy import load_split
+from accuracy import load_split, route_halves
 
 from skuscale.assess.context import training_config_of
 from skuscale.bundle import Bundle
 from skuscale.embed.cache import EmbeddingCache
 from skuscale.embed.onnx_embedder import OnnxEmbedder
 from skuscale.embed.pipeline import embed_paths
-from skuscale.evaluate import decision_metrics
-from skuscale.metrics import ece_sampling_floor
-from skuscale.training import fit_recognition_model
 
 
 def score_bundle(path: Path, data: dict, cache: EmbeddingCache | None, seed: int) -> dict:
@@ -52,28 +48,14 @@ def score_bundle(path: Path, data: dict, cache: EmbeddingCache | None, seed: int
     order = np.random.default_rng(seed).permutation(skus.size)
     group_of = {s: int(rank % 2) for rank, s in zip(order, skus, strict=True)}
     group = np.array([group_of[s] for s in y_val])
-    base = replace(training_config_of(bundle), detectors=("msp",), ood_folds=2)
     sentinels = bundle.metadata["training"].get("ood_sentinels") or None
-    s2c = data["sku_to_category"]
     out = {}
     for final in (True, False):
-        decisions, truth = [], []
-        for cal in (0, 1):
-            X = np.concatenate([X_fit, X_val[group == cal]])
-            y = np.concatenate([y_fit, y_val[group == cal]])
-            rows = np.r_[np.zeros(len(y_fit), bool), np.ones(int((group == cal).sum()), bool)]
-            model, _ = fit_recognition_model(X, y, sku_to_category=s2c, calibration_rows=rows, holdout=True,
-                                             config=replace(base, final_on_calibration=final), ood_skus=sentinels)
-            decisions += model.decide(X_val[group != cal])
-            truth.append(y_val[group != cal])
-        truth = np.concatenate(truth)
-        m = decision_metrics(decisions, truth, catalogue=sorted(set(y_fit)), sku_to_category=s2c,
-                             true_categories=[s2c[s] for s in truth])
-        conf = np.array([d.confidence for d in decisions])
+        routed = route_halves(X_fit, y_fit, X_val, y_val, data["sku_to_category"], training_config_of(bundle),
+                              ood_skus=sentinels, final_on_calibration=final, part=group)
         out["final_on_calibration" if final else "final_without_calibration"] = {
-            "top1": m["top1"], "ece": m["ece"], "ece_floor": ece_sampling_floor(conf)["mean"],
-            "mean_confidence": float(conf.mean()), "automation_rate": m["automation_rate"],
-            "auto_precision": m["auto_precision"],
+            "top1": routed["routed_top1"],
+            **{k: routed[k] for k in ("ece", "ece_floor", "automation_rate", "auto_precision")},
         }
     return out
 
