@@ -27,8 +27,7 @@ class RollingAccuracy:
         self._lock = threading.Lock()
 
     def add(self, sku: str, correct: bool) -> None:
-        with self._lock:
-            self._outcomes.setdefault(sku, deque(maxlen=self.window)).append(bool(correct))
+        self.extend([(sku, correct)])
 
     def extend(self, outcomes) -> None:
         """:meth:`add` each of ``outcomes``, (SKU, correct) pairs, oldest first."""

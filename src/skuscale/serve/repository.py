@@ -221,6 +221,13 @@ class _Cursor:
     newest: _dt.datetime | None = None
     recent: dict[Any, _dt.datetime] = field(default_factory=dict)
 
+    def narrow(self, query, stamp, *, limit: int, lateness: _dt.timedelta):
+        """``query`` restricted to what this cursor may not have read: the newest ``limit``
+        rows by ``stamp`` on the first read, else the rows from ``lateness`` before the newest."""
+        if self.newest is None:
+            return query.order_by(stamp.desc()).limit(limit)
+        return query.where(stamp >= self.newest - lateness)
+
     def take(self, rows: list, lateness: _dt.timedelta) -> list:
         """The rows (id, timestamp, ...) not read before; moves the cursor past them."""
         fresh = [r for r in rows if r[0] not in self.recent]
@@ -268,14 +275,8 @@ class LabelFeed:
         feedback_q = select(Feedback.id, Feedback.created_at, Event.sku, Feedback.outcome).join(
             Event, Event.id == Feedback.event_id
         )
-        if self._resolutions.newest is None:
-            resolved_q = resolved_q.order_by(Event.resolved_at.desc()).limit(self.limit)
-        else:
-            resolved_q = resolved_q.where(Event.resolved_at >= self._resolutions.newest - self.lateness)
-        if self._feedback.newest is None:
-            feedback_q = feedback_q.order_by(Feedback.created_at.desc()).limit(self.limit)
-        else:
-            feedback_q = feedback_q.where(Feedback.created_at >= self._feedback.newest - self.lateness)
+        resolved_q = self._resolutions.narrow(resolved_q, Event.resolved_at, limit=self.limit, lateness=self.lateness)
+        feedback_q = self._feedback.narrow(feedback_q, Feedback.created_at, limit=self.limit, lateness=self.lateness)
         resolved_rows, feedback_rows = session.execute(resolved_q).all(), session.execute(feedback_q).all()
         # Only once both queries have answered: a failed read must leave both cursors where they were.
         resolved = self._resolutions.take(resolved_rows, self.lateness)
