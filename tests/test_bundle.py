@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,36 @@ def test_loaded_bundle_can_be_saved_again(saved, tmp_path):
     loaded.save(again)
     Xq = _queries(seed=5)
     assert Bundle.load(again).model.decide(Xq) == loaded.model.decide(Xq)
+
+
+def test_router_without_ood_cutoff_saves_and_loads(tmp_path):
+    """The Router's default cut-off is +inf (flag nothing); bundle.json must still be valid JSON."""
+    model = build_model()
+    model.router = dataclasses.replace(model.router, ood_threshold=math.inf)
+    root = save(tmp_path, model)
+    assert Bundle.load(root).model.router.ood_threshold == math.inf
+
+
+def test_metadata_may_not_overwrite_the_bundle_sections(tmp_path):
+    bundle = make_bundle()
+    bundle.metadata["calibration"] = {"method": "temperature", "temperature": 99.0}
+    root = tmp_path / "b"
+    with pytest.raises(BundleError, match="calibration"):
+        bundle.save(root)
+    assert not root.exists()  # refused before anything was written
+
+
+def test_resaving_a_loaded_bundle_writes_new_stamps(saved, tmp_path):
+    doc = json.loads((saved / MANIFEST).read_text())
+    doc["created"] = "2000-01-01T00:00:00+00:00"
+    (saved / MANIFEST).write_text(json.dumps(_resign(doc)))
+    loaded = Bundle.load(saved)
+    assert loaded.metadata["created"] == "2000-01-01T00:00:00+00:00"
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "backbone.onnx").write_bytes((saved / "backbone.onnx").read_bytes())
+    loaded.save(again)
+    assert json.loads((again / MANIFEST).read_text())["created"] != "2000-01-01T00:00:00+00:00"
 
 
 def test_save_without_backbone_file_raises(tmp_path):

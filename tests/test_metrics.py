@@ -85,6 +85,8 @@ def test_per_class_accuracy_only_true_classes():
     assert acc == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 0.0}
     assert list(acc) == ["a", "b", "c"]
     assert per_class_accuracy([1, 2, 2], [1, 2, 1]) == {"1": 1.0, "2": 0.5}
+    # heads return str labels: int truths must still match them
+    assert per_class_accuracy(np.array([1, 2, 2]), np.array(["1", "2", "2"])) == {"1": 1.0, "2": 1.0}
     with pytest.raises(ValueError, match="equal length"):
         per_class_accuracy(["a"], ["a", "b"])
 
@@ -108,6 +110,8 @@ def test_nll_and_top_k():
     probs = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
     assert negative_log_likelihood(probs, [0, 2]) == pytest.approx(-np.log(0.5))
     assert np.isfinite(negative_log_likelihood(probs, [2, 2]))
+    with pytest.raises(ValueError, match="logits"):
+        negative_log_likelihood(np.array([[5.0, -3.0]]), [0])
     # tie in row 0 goes to the lower index
     assert top_k_accuracy(probs, [0, 2], k=1) == 1.0
     assert top_k_accuracy(probs, [1, 1], k=1) == 0.0

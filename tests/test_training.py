@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import skuscale.training as training
 from skuscale.model import RecognitionModel
 from skuscale.routing import BANDS, Decision
 from skuscale.training import (
@@ -416,3 +417,39 @@ def test_the_ood_cut_off_comes_from_the_deployed_space(synthetic):
     assert other.router.ood_threshold == same.router.ood_threshold
     flagged = same.detector.score_samples(X) > same.router.ood_threshold
     assert flagged.mean() < 3 * cfg.ood_flag_rate
+
+
+def test_a_sku_missing_from_its_fold_head_does_not_wreck_calibration(synthetic):
+    """A one-photo SKU is absent from the head of its own fold: its row is left out of the fit."""
+    X, y, *_ = synthetic
+    config = TrainingConfig(n_folds=3, ood_folds=2, detectors=("msp",))
+    _, base = fit_recognition_model(X, y, config=config)
+    rng = np.random.default_rng(1)
+    X1 = np.vstack([X, rng.standard_normal((1, D)).astype(np.float32)])
+    y1 = np.append(y, "lonely")
+    model, report = fit_recognition_model(X1, y1, config=config)
+    assert "lonely" in model.skus
+    assert report.crossval["n_heldout_skipped"] == 1
+    assert report.crossval["n_heldout"] == len(y)
+    # Without the guard the lonely row pins T at its bound (100) and nothing is accepted.
+    assert report.temperature < 2 * base.temperature
+    assert report.crossval["automation_rate_in_sample"] > 0.5 * base.crossval["automation_rate_in_sample"] > 0
+
+
+def test_category_thresholds_are_fitted_on_the_rows_that_reach_them(synthetic, monkeypatch):
+    """Auto-accepted rows never get a category claim, so they must not vouch for one."""
+    calls = []
+
+    def spy(confidence, *args, **kwargs):
+        calls.append((np.asarray(confidence).size, kwargs["skus"]))
+        return fit_thresholds(confidence, *args, **kwargs)
+
+    fit_thresholds = training.fit_thresholds
+    monkeypatch.setattr(training, "fit_thresholds", spy)
+    X, y, *_ = synthetic
+    _, report = fit_recognition_model(X, y, sku_to_category=CATEGORIES, config=CONFIG)
+    n_rows, names = calls[-1]
+    assert names == sorted(set(CATEGORIES.values()))
+    accepted = round(report.crossval["automation_rate_in_sample"] * report.crossval["n_heldout"])
+    assert 0 < accepted < report.crossval["n_heldout"]
+    assert n_rows == report.crossval["n_heldout"] - accepted

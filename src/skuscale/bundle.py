@@ -60,6 +60,14 @@ def _manifest_digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+# Top-level keys of bundle.json that the bundle itself writes; metadata may not use them.
+_STRUCTURAL_KEYS = frozenset({
+    "format", "format_version", "backbone", "preprocessing", "catalogue", "head", "prototypes",
+    "calibration", "ood", "routing", "files", "manifest_sha256",
+})
+_STAMP_KEYS = frozenset({"package_version", "created"})
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -142,6 +150,9 @@ class Bundle:
     # ---------------------------------------------------------------- persistence
     def save(self, root: str | os.PathLike) -> Path:
         """Write the arrays and ``bundle.json`` into ``root`` (the ONNX file must already be there)."""
+        clash = sorted(set(self.metadata) & _STRUCTURAL_KEYS)
+        if clash:
+            raise BundleError(f"metadata may not use the bundle's own keys: {', '.join(clash)}")
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         onnx_name = self.backbone.get("onnx")
@@ -162,9 +173,11 @@ class Bundle:
             "head": save_estimator(m.head, root / "head.npz"),
             "prototypes": save_estimator(m.prototypes, root / "prototypes.npz"),
             "calibration": {"method": "temperature", "temperature": m.temperature},
-            "ood": {**save_estimator(m.detector, root / "detector.npz"), "threshold": m.router.ood_threshold},
+            "ood": {**save_estimator(m.detector, root / "detector.npz"),
+                    "threshold": _jsonable(m.router.ood_threshold)},
             "routing": m.router.to_dict(),
-            **_jsonable(self.metadata),
+            # A loaded bundle's stamps describe its old save; this save writes its own.
+            **_jsonable({k: v for k, v in self.metadata.items() if k not in _STAMP_KEYS}),
         }
         pre_join = self.backbone.get("pre_join_onnx")
         files = ["head.npz", "prototypes.npz", "detector.npz"] + [n for n in (onnx_name, pre_join) if n]
@@ -243,21 +256,8 @@ class Bundle:
             router=router,
             sku_to_category=dict(doc["catalogue"].get("categories", {})),
         )
-        reserved = {
-            "format",
-            "format_version",
-            "backbone",
-            "preprocessing",
-            "catalogue",
-            "head",
-            "prototypes",
-            "calibration",
-            "ood",
-            "routing",
-            "files",
-            "manifest_sha256",
-        }
-        metadata = {k: v for k, v in doc.items() if k not in reserved}
+        # The stamps stay in metadata for display (Recognizer.info); save rewrites them.
+        metadata = {k: v for k, v in doc.items() if k not in _STRUCTURAL_KEYS}
         digests = trained = None
         if TRAINING_IMAGES in doc["files"]:
             with np.load(root / TRAINING_IMAGES, allow_pickle=False) as npz:

@@ -229,11 +229,12 @@ def per_class_spread_floor(counts, accuracy: float, *, draws: int = 500, seed: i
 def per_class_accuracy(y_true, y_pred) -> dict[str, float]:
     """Accuracy (recall) of each class present in ``y_true``, keyed by ``str(class)``.
 
-    Classes that appear only in ``y_pred`` are not reported. Keys are in sorted
-    order of the classes.
+    Classes that appear only in ``y_pred`` are not reported. Labels are compared as
+    str, as the heads return them (``1`` and ``"1"`` are the same SKU); keys are in
+    sorted order of those strings.
     """
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
+    t = np.asarray(y_true).astype(str)
+    p = np.asarray(y_pred).astype(str)
     if t.ndim != 1 or p.shape != t.shape:
         raise ValueError(
             f"y_true and y_pred must be 1-D of equal length, got {t.shape} and {p.shape}"
@@ -279,6 +280,8 @@ def coverage_at_threshold(confidence, threshold) -> float:
 def negative_log_likelihood(probs, y_idx, sample_weight=None) -> float:
     """Mean ``-log p[i, y_i]`` (probabilities floored at 1e-300 to stay finite)."""
     p, y = _check_probs_labels(probs, y_idx)
+    if p.min() < 0.0 or p.max() > 1.0 + _PROB_TOL:
+        raise ValueError(f"probs must lie in [0, 1] (pass probabilities, not logits), got [{p.min()}, {p.max()}]")
     w = None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=np.float64)

@@ -172,7 +172,11 @@ def _aligned_logits(head: LinearHead, X: np.ndarray, catalogue: np.ndarray) -> n
 
 
 def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, cfg: TrainingConfig):
-    """Final head, per-fold heads, held-out logits of the calibration rows and their temperature."""
+    """Final head, per-fold heads, held-out logits of the calibration rows and their temperature.
+
+    The temperature is fitted on the calibration rows whose SKU their fold's head was
+    trained on (see :func:`_predictable_rows`).
+    """
     cv_logits = np.zeros((len(y), catalogue.size), dtype=np.float32)
     # The final head is needed anyway; it also warm-starts every fold's head.
     final_head = cfg.make_head().fit(X[final_rows], y[final_rows])
@@ -182,8 +186,25 @@ def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, 
         if test.any():
             fold_heads[f] = cfg.make_head().fit(X[~test], y[~test], init=final_head)
             cv_logits[test] = _aligned_logits(fold_heads[f], Xh[test], catalogue)
-    temperature = float(TemperatureScaler().fit(cv_logits[calib], y_idx[calib]).temperature_)
+    rows = calib & _predictable_rows(y, folds, fold_heads)
+    temperature = float(TemperatureScaler().fit(cv_logits[rows], y_idx[rows]).temperature_)
     return final_head, fold_heads, cv_logits, temperature
+
+
+def _predictable_rows(y, folds, fold_heads) -> np.ndarray:
+    """Rows whose SKU the head of their fold was trained on.
+
+    A SKU whose every photo falls in one fold (a single photo, or a SKU that only the
+    calibration rows have) is absent from that fold's head: its rows sit at
+    :data:`LOGIT_FLOOR` and would drive the temperature to its bound and the
+    thresholds to "never accept" for the whole catalogue. The deployed head has seen
+    them, so they say nothing about its calibration and are left out.
+    """
+    ok = np.zeros(len(y), bool)
+    for f, head in fold_heads.items():
+        test = folds == f
+        ok[test] = np.isin(y[test], head.classes_)
+    return ok
 
 
 def _known_flag_threshold(name, X, Xh, y, folds, fold_heads, temperature, cfg: TrainingConfig) -> float:
@@ -281,6 +302,10 @@ def fit_recognition_model(
     final_rows = np.ones(len(y), bool) if cfg.final_on_calibration else ~calib
     final_head, fold_heads, cv_logits, temperature = _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds,
                                                                   final_rows, catalogue, cfg)
+    n_calib = int(calib.sum())
+    calib = calib & _predictable_rows(y, folds, fold_heads)
+    if not calib.any():
+        raise ValueError("no calibration row belongs to a SKU that the rest of the data trains on")
     cv_probs = softmax(cv_logits[calib] / temperature)
     cv_pred = catalogue[cv_probs.argmax(axis=1)]
     cv_conf = cv_probs.max(axis=1)
@@ -376,8 +401,11 @@ def fit_recognition_model(
         cat_probs = cv_probs @ (cats[:, None] == cat_names[None, :]).astype(np.float64)
         cat_pred = cat_names[cat_probs.argmax(axis=1)]
         cat_true = cats[y_idx[calib]]
+        # The router claims a category only for items it did not accept as a SKU, so
+        # the category thresholds are fitted on those rows (as in Router.from_heldout).
+        reach = cv_conf < sku_table.thresholds_for(cv_pred)
         category_table = fit_thresholds(
-            np.minimum(cat_probs.max(axis=1), 1.0), cat_pred, cat_pred == cat_true,
+            np.minimum(cat_probs.max(axis=1), 1.0)[reach], cat_pred[reach], (cat_pred == cat_true)[reach],
             skus=list(cat_names), sku_to_category={}, **threshold_kwargs,
         )
 
@@ -395,6 +423,8 @@ def fit_recognition_model(
     accepted = cv_conf >= sku_table.thresholds_for(cv_pred)
     crossval = {
         "n_heldout": int(calib.sum()),
+        # Rows of a SKU absent from their fold's head (see _predictable_rows).
+        "n_heldout_skipped": n_calib - int(calib.sum()),
         "top1": float(cv_correct.mean()),
         "ece": float(expected_calibration_error(cv_conf, cv_correct)),
         "ece_uncalibrated": float(

@@ -205,6 +205,23 @@ def test_mahalanobis_normalize_is_scale_invariant():
     )
 
 
+@pytest.mark.parametrize("shrinkage", ["ledoit_wolf", 0.0, 0.5])
+def test_mahalanobis_refuses_classes_without_scatter(shrinkage):
+    # One photo per SKU: no within-class scatter, so every distance would be 0.
+    X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="scatter"):
+        MahalanobisDetector(shrinkage=shrinkage).fit(X, ["a", "b", "c"])
+
+
+def test_class_order_matches_the_heads_for_numeric_labels():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((20, 3)).astype(np.float32)
+    y = np.repeat([2, 10], 10)
+    head = LinearHead().fit(X, y)
+    for det in (MahalanobisDetector().fit(X, y), PrototypeCosineDetector().fit(X, y)):
+        np.testing.assert_array_equal(det.classes_, head.classes_)
+
+
 @pytest.mark.parametrize("shrinkage", ["oas", -0.1, 1.5, None, True])
 def test_mahalanobis_bad_shrinkage(shrinkage):
     X_train, y_train, *_ = clusters()

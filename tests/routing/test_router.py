@@ -210,6 +210,10 @@ def test_constructor_validation(router):
     with pytest.raises(ValueError, match="NaN"):
         Router(skus=["a"], sku_to_category={}, sku_thresholds=router.sku_thresholds,
                ood_threshold=float("nan"))
+    # -inf ("flag everything") would come back from to_dict/from_dict as +inf ("flag nothing").
+    with pytest.raises(ValueError, match="inf"):
+        Router(skus=["a"], sku_to_category={}, sku_thresholds=router.sku_thresholds,
+               ood_threshold=-math.inf)
 
 
 def test_decision_defaults():
@@ -266,3 +270,15 @@ def test_from_heldout_leaves_out_ood_rows_and_unknown_labels():
     assert without.category_thresholds is None  # no categories
     with pytest.raises(ValueError, match="y_true"):
         Router.from_heldout(probs, y[:3], skus=skus)
+
+
+def test_from_heldout_keeps_the_cutoff_without_scores():
+    probs = np.tile([0.9, 0.1], (30, 1))
+    router = Router.from_heldout(probs, ["a"] * 30, skus=["a", "b"], ood_threshold=0.5)
+    assert router.ood_threshold == 0.5
+    assert router.route(probs[:1], [10.0])[0].band == "unknown"
+
+
+def test_from_heldout_refuses_no_rows():
+    with pytest.raises(ValueError, match="no held-out rows"):
+        Router.from_heldout(np.zeros((0, 2)), [], skus=["a", "b"])

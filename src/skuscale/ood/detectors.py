@@ -27,8 +27,9 @@ _KNN_CHUNK_ELEMENTS = 2**24
 
 def _class_index(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted class labels (as str), per-sample class index and class counts."""
-    classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
-    return classes.astype(str), y_idx.reshape(-1), counts
+    # Labels become str before sorting, so the order is the heads' ("10" < "2").
+    classes, y_idx, counts = np.unique(np.asarray(y).astype(str), return_inverse=True, return_counts=True)
+    return classes, y_idx.reshape(-1), counts
 
 
 def _class_means(X: np.ndarray, y_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -258,6 +259,11 @@ class MahalanobisDetector(BaseDetector):
         means = _class_means(X, y_idx, counts)
         centred = X.astype(np.float64) - means[y_idx]
         d = X.shape[1]
+        if not np.any(centred):
+            raise ValueError(
+                "MahalanobisDetector needs classes with at least two distinct embeddings: "
+                "the within-class scatter is zero, so every distance would be 0"
+            )
         if self.shrinkage == "ledoit_wolf":
             from sklearn.covariance import ledoit_wolf
 

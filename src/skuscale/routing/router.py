@@ -194,8 +194,9 @@ class Router:
         self.skus = _check_skus(self.skus)
         self.sku_to_category = {str(k): str(v) for k, v in dict(self.sku_to_category).items()}
         self.ood_threshold = float(self.ood_threshold)
-        if math.isnan(self.ood_threshold):
-            raise ValueError("ood_threshold is NaN")
+        if math.isnan(self.ood_threshold) or self.ood_threshold == -math.inf:
+            # -inf would flag everything, and to_dict stores only +inf (as None).
+            raise ValueError(f"ood_threshold must be a number (not NaN) or +inf, got {self.ood_threshold}")
         if not isinstance(self.sku_thresholds, ThresholdTable):
             raise ValueError("sku_thresholds must be a ThresholdTable")
         if self.category_thresholds is not None and not isinstance(
@@ -380,7 +381,9 @@ class Router:
             ``sku_to_category`` maps that label to the predicted category).
         ood_scores : array-like, shape (n,), optional
             With them, rows over ``ood_threshold`` are left out of the SKU fit:
-            they never reach the accept test.
+            they never reach the accept test. Without them every row is fitted on.
+        ood_threshold : float
+            The router's OOD cut-off, with or without ``ood_scores``.
         category_target_precision : float, optional
             Target of the category thresholds; defaults to ``target_precision``.
         fit_categories : bool
@@ -398,18 +401,20 @@ class Router:
         mapping = {str(k): str(v) for k, v in (sku_to_category or {}).items()}
         p = _check_probs(probs, len(skus))
         n = p.shape[0]
+        if n == 0:
+            raise ValueError("no held-out rows to fit thresholds on")
         y = np.asarray(y_true)
         if y.shape != (n,):
             raise ValueError(f"y_true must be 1-D with {n} entries, got shape {y.shape}")
         y = y.astype(str)
+        ood_thr = float(ood_threshold)
         if ood_scores is None:
-            ood = np.zeros(n, dtype=np.float64)
-            ood_thr = math.inf
+            # No scores: every row reaches the accept test; the cut-off still goes to the router.
+            ood = np.full(n, -np.inf)
         else:
             ood = np.asarray(ood_scores, dtype=np.float64)
             if ood.shape != (n,) or np.isnan(ood).any():
                 raise ValueError(f"ood_scores must be 1-D with {n} non-NaN entries")
-            ood_thr = float(ood_threshold)
 
         top1 = np.argsort(-p, axis=1, kind="stable")[:, 0]
         conf = np.clip(p[np.arange(n), top1], 0.0, 1.0)

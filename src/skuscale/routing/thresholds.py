@@ -338,7 +338,9 @@ def fit_thresholds(
     correct : array-like of bool, shape (n,)
         Whether the prediction was right (rows of unknown products: False).
     skus : iterable of str
-        The catalogue; every entry gets a threshold, even with no predictions.
+        The catalogue; every entry gets a threshold, even with no predictions. With
+        no rows at all (``n == 0``, e.g. no row reaches a category test) every
+        threshold is "never accept".
     sku_to_category : mapping, optional
         SKU -> category, possibly partial or empty. Empty means SKUs back off
         straight to the global threshold (use this for category-level routing,
