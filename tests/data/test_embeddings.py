@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +51,56 @@ def test_bad_files_list_every_problem(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ManifestError, match="not a readable"):
         load_embeddings(tmp_path / "junk.npz")
+
+
+def _truncated_zip(path):
+    np.savez(path, X=np.zeros((2, 3)), sku=np.array(["a", "b"]))
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _object_array(path):
+    np.savez(path, X=np.array([[1.0, "x"]], dtype=object), sku=np.array(["a"]))
+
+
+def _meta_not_json(path):
+    np.savez(path, X=np.zeros((2, 3)), sku=np.array(["a", "b"]), meta=np.array("{simulated: true}"))
+
+
+def _meta_not_a_single_text(path):
+    np.savez(path, X=np.zeros((2, 3)), sku=np.array(["a", "b"]), meta=np.array(["{}", "{}"]))
+
+
+def _damaged_member(path):
+    save_embeddings(path, clusters(n_skus=2, per_sku=5))
+    data = bytearray(path.read_bytes())
+    # Past the first local header, inside X's compressed data: the archive still opens.
+    data[60:70] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+
+
+def _plain_npy(path):
+    with path.open("wb") as fh:
+        np.save(fh, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_truncated_zip, "not a readable .npz embedding file"),
+        (_object_array, "array 'X' cannot be read: Object arrays"),
+        (_meta_not_json, "meta is not valid JSON"),
+        (_meta_not_a_single_text, "meta must be a single JSON text"),
+        (_damaged_member, "array 'X' cannot be read"),
+        (_plain_npy, "not an .npz embedding file"),
+    ],
+)
+def test_malformed_files_raise_a_clear_error_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "emb.npz"
+    make(path)
+
+    with pytest.raises(ManifestError, match=re.escape(message)) as err:
+        load_embeddings(path)
+    assert err.value.source == str(path)
 
 
 def test_build_and_evaluate_accept_embedding_files(tmp_path):

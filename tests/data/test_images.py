@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from skuscale.data import decode_image, load_image, read_image_bytes
+from skuscale.data.images import check_image_file, hash_image_file
 from skuscale.exceptions import ImageError, ImageTooLargeError
 
 ORIENTATION_TAG = 0x0112
@@ -163,3 +166,51 @@ def test_load_image_errors_name_the_path(tmp_path):
 def test_decode_rejects_non_bytes():
     with pytest.raises(TypeError):
         decode_image(str(Path("image.jpg")))  # type: ignore[arg-type]
+
+
+def _jpeg_with_malformed_exif(encode) -> bytes:
+    # Orientation 6 plus a text value retagged as TileLength, an integer tag: Pillow's
+    # EXIF writer then fails with struct.error when exif_transpose re-serialises it.
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    exif[0x0110] = "X" * 40
+    raw = exif.tobytes().replace(b"\x01\x10\x00\x02", b"\x01\x43\x00\x02")
+    return encode(Image.new("RGB", (16, 24), (1, 2, 3)), "JPEG", exif=raw)
+
+
+def test_malformed_exif_is_ignored_and_the_image_still_decodes(encode, tmp_path):
+    data = _jpeg_with_malformed_exif(encode)
+
+    decoded = decode_image(data)
+
+    assert decoded.mode == "RGB"
+    assert decoded.size == (16, 24)
+    path = tmp_path / "bad_exif.jpg"
+    path.write_bytes(data)
+    assert load_image(path).size == (16, 24)
+
+
+def test_unexpected_decoder_exception_becomes_image_error(encode, monkeypatch):
+    data = encode(Image.new("RGB", (4, 4)), "PNG")
+
+    def broken_plugin(self, *args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_plugin)
+    with pytest.raises(ImageError, match="image data is corrupt: unpack requires"):
+        decode_image(data)
+
+
+def test_hash_image_file_streams_the_same_digest_and_keeps_the_limit(encode, tmp_path):
+    data = encode(Image.new("RGB", (30, 20), (5, 6, 7)), "PNG")
+    path = tmp_path / "img.png"
+    path.write_bytes(data)
+
+    assert hash_image_file(path) == hashlib.sha256(data).digest()
+    assert check_image_file(path) == len(data)
+    with pytest.raises(ImageTooLargeError, match=r"img\.png"):
+        hash_image_file(path, max_bytes=len(data) - 1)
+    with pytest.raises(ImageError, match="not a regular file"):
+        hash_image_file(tmp_path)
+    with pytest.raises(ImageError, match="not found"):
+        check_image_file(tmp_path / "nope.png")

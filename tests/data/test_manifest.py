@@ -154,6 +154,21 @@ def test_rows_that_cannot_become_items_are_all_listed(tmp_path, write_csv):
     _one_problem_matching(info.value, "line 3", "oops")
 
 
+def test_unresolvable_paths_are_row_problems(tmp_path, write_csv):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        [HEADER, ["a\0b.png", "milk", "dairy"], ["ok.png", "milk", "dairy"], ["loop", "milk", "dairy"]],
+    )
+
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+
+    assert len(info.value.problems) == 2
+    _one_problem_matching(info.value, "line 2", "invalid path 'a\\x00b.png'")
+    _one_problem_matching(info.value, "line 4", "invalid path 'loop'")
+
+
 def test_empty_file_and_header_only_manifest(tmp_path, write_csv):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
@@ -231,11 +246,14 @@ def test_subset_by_mask_and_by_indices(small_dataset):
     assert [p.name for p in by_indices.paths] == ["3.png", "0.png", "3.png"]
     assert len(small_dataset.subset(np.array([], dtype=int))) == 0
     assert len(small_dataset.subset([])) == 0
+    assert len(small_dataset.subset([]).subset(np.array([], dtype=bool))) == 0
 
 
 def test_subset_rejects_bad_selectors(small_dataset):
     with pytest.raises(ValueError, match="4 items"):
         small_dataset.subset([True, False])
+    with pytest.raises(ValueError, match="0 entries, dataset has 4 items"):
+        small_dataset.subset(np.array([], dtype=bool))
     with pytest.raises(ValueError, match="out of range"):
         small_dataset.subset([4])
     with pytest.raises(ValueError, match="dtype"):

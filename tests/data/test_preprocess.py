@@ -75,6 +75,61 @@ def test_matches_resize_then_centre_crop_by_hand():
     np.testing.assert_array_equal(preprocess_image(img, Preprocessing()), expected)
 
 
+def _resize_then_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    width, height = img.size
+    short = min(width, height)
+    # Shorter side to resize_shorter, the other side scaled and rounded half up.
+    new_w = max(prep.resize_shorter, (2 * width * prep.resize_shorter + short) // (2 * short))
+    new_h = max(prep.resize_shorter, (2 * height * prep.resize_shorter + short) // (2 * short))
+    left, top = (new_w - prep.image_size) // 2, (new_h - prep.image_size) // 2
+    resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
+    cropped = resized.crop((left, top, left + prep.image_size, top + prep.image_size))
+    return ((np.asarray(cropped, dtype=np.float32) - prep.mean) / prep.std).transpose(2, 0, 1)
+
+
+def test_long_thin_image_is_never_resized_whole(monkeypatch, encode):
+    from skuscale.data import decode_image
+
+    # A 1x40000 PNG is a few hundred bytes, but resized whole to a shorter side of
+    # 256 it would be 256x10240000 pixels (gigabytes).
+    img = decode_image(encode(Image.new("RGB", (1, 40_000), (200, 100, 50)), "PNG"))
+    requested = []
+    original_resize = Image.Image.resize
+
+    def bounded_resize(self, size, *args, **kwargs):
+        requested.append(tuple(size))
+        if size[0] * size[1] > 1_000_000:
+            raise MemoryError(f"test refuses to resize to {size}")
+        return original_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded_resize)
+    for image in (img, img.transpose(Image.Transpose.TRANSPOSE)):
+        out = preprocess_image(image, Preprocessing())
+
+        expected = (np.array([200, 100, 50], dtype=np.float32) - 127) / 128
+        np.testing.assert_array_equal(out, np.broadcast_to(expected[:, None, None], (3, 224, 224)))
+    assert requested == [(224, 224), (224, 224)]
+
+
+@pytest.mark.parametrize(("width", "height"), [(3, 400), (400, 3), (7, 1201)])
+def test_long_thin_image_is_close_to_the_whole_image_resize(width, height):
+    img = _random_image(width, height, seed=width)
+    prep = Preprocessing(image_size=32, resize_shorter=36)
+
+    out = preprocess_image(img, prep)
+
+    # Pillow places a resize box in float32, so a pixel may move by up to two grey levels.
+    np.testing.assert_allclose(out, _resize_then_crop(img, prep), rtol=0, atol=2 / 128 + 1e-6)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 64), (64, 1), (5, 320)])
+def test_images_up_to_64_to_1_are_still_resized_whole(width, height):
+    img = _random_image(width, height, seed=height)
+    prep = Preprocessing(image_size=32, resize_shorter=36)
+
+    np.testing.assert_array_equal(preprocess_image(img, prep), _resize_then_crop(img, prep))
+
+
 def test_rgba_input_is_composited_on_white():
     img = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
 

@@ -86,23 +86,62 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingDataset) -> Path:
 
 
 def load_embeddings(path: str | os.PathLike) -> EmbeddingDataset:
-    """Read and validate an embedding file; every problem is listed in one :class:`ManifestError`."""
+    """Read and validate an embedding file written by :func:`save_embeddings`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file.
+
+    Returns
+    -------
+    EmbeddingDataset
+        The embeddings (as float32) with their labels, ``source`` set to ``path``.
+
+    Raises
+    ------
+    ManifestError
+        If the file is missing, is not a readable ``.npz`` archive, or its arrays
+        are unreadable or malformed; every problem found is listed in one error.
+    """
     path = Path(path)
+    source = str(path)
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
-        raise ManifestError(str(path), ["file not found"]) from exc
-    except (OSError, ValueError) as exc:
-        raise ManifestError(str(path), [f"not a readable .npz embedding file: {exc}"]) from exc
+        raise ManifestError(source, ["file not found"]) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # np.load and zipfile fail in many ways on a damaged file (BadZipFile, EOFError, ...).
+        raise ManifestError(source, [f"not a readable .npz embedding file: {_describe(exc)}"]) from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ManifestError(source, ["not an .npz embedding file: it holds a single array, not named arrays"])
     with npz:
         files = set(npz.files)
         problems = [f"missing array {name!r}" for name in ("X", "sku") if name not in files]
         if problems:
-            raise ManifestError(str(path), problems)
-        X, sku = npz["X"], npz["sku"].astype(str)
-        category = npz["category"].astype(str) if "category" in files else None
-        split = npz["split"].astype(str) if "split" in files else None
-        meta = json.loads(str(npz["meta"])) if "meta" in files else {}
+            raise ManifestError(source, problems)
+        arrays = {}
+        for name in ("X", "sku", "category", "split", "meta"):
+            if name not in files:
+                continue
+            try:
+                arrays[name] = npz[name]
+            except MemoryError:
+                raise
+            except Exception as exc:
+                # A damaged member fails only when read: zlib.error, BadZipFile (bad CRC),
+                # ValueError (object arrays, bad .npy header), NotImplementedError, ...
+                problems.append(f"array {name!r} cannot be read: {_describe(exc)}")
+    if problems:
+        raise ManifestError(source, problems)
+
+    X = arrays["X"]
+    sku = _as_text(arrays["sku"], "sku", problems)
+    category = _as_text(arrays["category"], "category", problems) if "category" in arrays else None
+    split = _as_text(arrays["split"], "split", problems) if "split" in arrays else None
+    meta = _parse_meta(arrays["meta"], problems) if "meta" in arrays else {}
     if X.ndim != 2 or X.shape[0] == 0:
         problems.append(f"X must be a non-empty (n, d) array, got shape {X.shape}")
     elif not np.issubdtype(X.dtype, np.floating) or not np.isfinite(X).all():
@@ -111,16 +150,42 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingDataset:
     for name, arr in (("sku", sku), ("category", category), ("split", split)):
         if arr is not None and arr.shape != (n,):
             problems.append(f"{name} must have shape ({n},), got {arr.shape}")
-    if sku.shape == (n,) and (sku == "").any():
+    if sku is not None and sku.shape == (n,) and (sku == "").any():
         problems.append(f"{int((sku == '').sum())} row(s) have an empty SKU")
     if split is not None and split.shape == (n,):
         bad = sorted(set(split.tolist()) - set(SPLITS))
         if bad:
             problems.append(f"unknown split value(s) {bad}; expected {list(SPLITS)}")
+    if problems:
+        raise ManifestError(source, problems)
+    return EmbeddingDataset(
+        X=X.astype(np.float32), sku=sku, category=category, split=split, meta=meta, source=source
+    )
+
+
+def _as_text(arr: np.ndarray, name: str, problems: list[str]) -> np.ndarray | None:
+    try:
+        return arr.astype(str)
+    except (ValueError, TypeError) as exc:
+        # Non-ASCII bytes or a structured dtype cannot become labels.
+        problems.append(f"{name} must hold text, got dtype {arr.dtype}: {_describe(exc)}")
+        return None
+
+
+def _parse_meta(arr: np.ndarray, problems: list[str]) -> dict[str, Any]:
+    if arr.ndim != 0 or arr.dtype.kind not in "US":
+        problems.append(f"meta must be a single JSON text, got dtype {arr.dtype} and shape {arr.shape}")
+        return {}
+    try:
+        meta = json.loads(str(arr))
+    except (ValueError, RecursionError) as exc:
+        problems.append(f"meta is not valid JSON: {_describe(exc)}")
+        return {}
     if not isinstance(meta, dict):
         problems.append("meta must be a JSON object")
-    if problems:
-        raise ManifestError(str(path), problems)
-    return EmbeddingDataset(
-        X=X.astype(np.float32), sku=sku, category=category, split=split, meta=meta, source=str(path)
-    )
+        return {}
+    return meta
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -6,6 +6,7 @@ Every image that enters skuscale, at build time or at serving time, goes through
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from os import PathLike
@@ -22,6 +23,45 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _WHITE = (255, 255, 255, 255)
 _MODES_WITH_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MAX = 65535
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def check_image_file(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Check, without reading it, that an image file exists, is regular and is small enough.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Largest accepted file size in bytes.
+
+    Returns
+    -------
+    int
+        The file's size in bytes.
+
+    Raises
+    ------
+    ImageError
+        If the file is missing, is not a regular file, or cannot be examined.
+    ImageTooLargeError
+        If the file is larger than ``max_bytes``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+    if not path.is_file():
+        raise ImageError(f"not a regular file: {path}")
+    if size > max_bytes:
+        raise ImageTooLargeError(
+            f"image file {path} is {size} bytes, over the limit of {max_bytes} bytes"
+        )
+    return size
 
 
 def read_image_bytes(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -47,18 +87,7 @@ def read_image_bytes(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_
         If the file is larger than ``max_bytes``.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from None
-    if not path.is_file():
-        raise ImageError(f"not a regular file: {path}")
-    if size > max_bytes:
-        raise ImageTooLargeError(
-            f"image file {path} is {size} bytes, over the limit of {max_bytes} bytes"
-        )
+    check_image_file(path, max_bytes=max_bytes)
     try:
         with path.open("rb") as handle:
             # Read one byte past the limit so a file that grew after stat() is still caught.
@@ -68,6 +97,45 @@ def read_image_bytes(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"image file {path} is over the limit of {max_bytes} bytes")
     return data
+
+
+def hash_image_file(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """SHA-256 of an image file's bytes, read in chunks so the file is never held whole.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Largest accepted file size in bytes.
+
+    Returns
+    -------
+    bytes
+        The 32-byte digest, equal to ``hashlib.sha256(read_image_bytes(path)).digest()``.
+
+    Raises
+    ------
+    ImageError
+        If the file is missing, is not a regular file, or cannot be read.
+    ImageTooLargeError
+        If the file is larger than ``max_bytes``.
+    """
+    path = Path(path)
+    check_image_file(path, max_bytes=max_bytes)
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK_BYTES):
+                total += len(chunk)
+                # Checked while reading too, so a file that grew after stat() is still caught.
+                if total > max_bytes:
+                    raise ImageTooLargeError(f"image file {path} is over the limit of {max_bytes} bytes")
+                digest.update(chunk)
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+    return digest.digest()
 
 
 def decode_image(
@@ -80,8 +148,9 @@ def decode_image(
 
     The pixel count is checked from the header before any pixel is decoded.
     The image is then decoded completely, so truncated or corrupt data fails here
-    rather than later. EXIF orientation is applied, and every colour mode is
-    converted to RGB; transparent pixels are composited onto white.
+    rather than later. EXIF orientation is applied (malformed EXIF is ignored,
+    leaving the image as stored), and every colour mode is converted to RGB;
+    transparent pixels are composited onto white.
 
     Parameters
     ----------
@@ -115,11 +184,19 @@ def decode_image(
         raise ImageTooLargeError(
             f"image data is {n_bytes} bytes, over the limit of {max_bytes} bytes"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open_and_load(data, max_pixels=max_pixels)
-    img = _apply_exif_orientation(img)
-    return to_rgb(img)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open_and_load(data, max_pixels=max_pixels)
+        img = _apply_exif_orientation(img)
+        return to_rgb(img)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:
+        # Pillow's format plugins raise many exception types on hostile input
+        # (struct.error, IndexError, ...); they all mean "this image is unusable",
+        # and callers rely on ImageError to skip one bad image and go on.
+        raise ImageError(f"image data is corrupt: {exc or type(exc).__name__}") from None
 
 
 def load_image(
@@ -222,8 +299,11 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:
     try:
         upright = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError):
+    except MemoryError:
+        raise
+    except Exception:
         # Malformed EXIF says nothing trustworthy about orientation; the pixels are fine.
+        # Pillow's EXIF parser fails in many ways (struct.error, IndexError, ...).
         return img
     return upright if upright is not None else img
 
@@ -240,7 +320,9 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "check_image_file",
     "decode_image",
+    "hash_image_file",
     "load_image",
     "read_image_bytes",
     "to_rgb",

@@ -116,7 +116,9 @@ class Dataset:
         """
         selector = np.asarray(mask_or_indices)
         n_items = len(self.items)
-        if selector.size == 0:
+        # np.asarray([]) is float64, so an empty list of positions needs this shortcut;
+        # an empty boolean mask still goes through the length check below.
+        if selector.size == 0 and selector.dtype != bool:
             return Dataset(items=[], source=self.source)
         if selector.ndim != 1:
             raise ValueError(f"selector must be 1-D, got shape {selector.shape}")
@@ -247,9 +249,16 @@ def read_manifest(path: str | PathLike[str]) -> Dataset:
         image_path = Path(values["path"])
         if not image_path.is_absolute():
             image_path = base_dir / image_path
+        try:
+            resolved = image_path.resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            # A NUL byte in the cell (ValueError), a symlink loop (RuntimeError before
+            # Python 3.13) or a name the OS rejects (OSError) is one bad row, not a crash.
+            problems.append(f"line {line}: invalid path {values['path']!r}: {exc}")
+            continue
         items.append(
             Item(
-                path=image_path.resolve(),
+                path=resolved,
                 sku=values["sku"],
                 category=values.get("category") or None,
                 _manifest=source,

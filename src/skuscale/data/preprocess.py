@@ -3,6 +3,8 @@
 Resize so the shorter side is ``resize_shorter`` (bilinear), centre-crop a square of
 ``image_size``, scale to ``(pixel - mean) / std`` and lay out channels first. The
 same function runs at build and at serving time, so embeddings match exactly.
+Images more than 64 times longer than wide (or wider than long) are resampled only
+in the crop's region, so their memory use stays bounded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from PIL import Image
 from skuscale.data.images import to_rgb
 
 _FINGERPRINT_VERSION = "v1"
+# Images whose resized longer side is at most this many times the shorter side are
+# resized whole, exactly as before; longer, thinner ones only in the crop's region.
+_MAX_WHOLE_RESIZE_ASPECT = 64
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,14 @@ def preprocess_image(img: Image.Image, prep: Preprocessing, *, flip: bool = Fals
     if width == 0 or height == 0:
         raise ValueError(f"image has no pixels (size {width}x{height})")
     new_size = _resized_size(width, height, prep.resize_shorter)
-    resized = rgb.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=None)
     size = prep.image_size
     left = (new_size[0] - size) // 2
     top = (new_size[1] - size) // 2
-    cropped = resized.crop((left, top, left + size, top + size))
+    if max(new_size) <= _MAX_WHOLE_RESIZE_ASPECT * prep.resize_shorter:
+        resized = rgb.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=None)
+        cropped = resized.crop((left, top, left + size, top + size))
+    else:
+        cropped = _resize_crop_region(rgb, new_size, (left, top), size)
 
     pixels = np.asarray(cropped, dtype=np.float32)
     if flip:
@@ -188,6 +196,34 @@ def _resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     if width <= height:
         return shorter, max(shorter, (2 * height * shorter + width) // (2 * width))
     return max(shorter, (2 * width * shorter + height) // (2 * height)), shorter
+
+
+def _resize_crop_region(
+    rgb: Image.Image, new_size: tuple[int, int], offset: tuple[int, int], size: int
+) -> Image.Image:
+    # Resizing a long, thin image whole can need gigabytes (1x40000 pixels at a shorter
+    # side of 256 is 256x10240000), so resample only the crop's region of the source.
+    # Pillow takes the box as float32 and so places the filter slightly differently:
+    # pixels may differ from the whole-image resize by a grey level or two, which is
+    # why ordinary images keep the whole-image path.
+    width, height = rgb.size
+    new_w, new_h = new_size
+    left, top = offset
+    # Exact rational coordinates, correctly rounded, never past the image's edge.
+    x0, x1 = left * width / new_w, (left + size) * width / new_w
+    y0, y1 = top * height / new_h, (top + size) * height / new_h
+    # Cut the source down first, with a margin wider than the bilinear filter's
+    # support (one pixel, widened by the downscale factor), so the box Pillow sees has
+    # small coordinates that float32 holds precisely; the filter never reaches the cut.
+    margin_x = math.ceil(max(1.0, width / new_w)) + 1
+    margin_y = math.ceil(max(1.0, height / new_h)) + 1
+    cut_x = max(0, math.floor(x0) - margin_x)
+    cut_y = max(0, math.floor(y0) - margin_y)
+    region = rgb.crop(
+        (cut_x, cut_y, min(width, math.ceil(x1) + margin_x), min(height, math.ceil(y1) + margin_y))
+    )
+    box = (x0 - cut_x, y0 - cut_y, x1 - cut_x, y1 - cut_y)
+    return region.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
 def _format_number(value: float) -> str:

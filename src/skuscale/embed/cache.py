@@ -9,11 +9,68 @@ from pathlib import Path
 
 import numpy as np
 
+from skuscale.data.images import DEFAULT_MAX_BYTES, hash_image_file
+
 
 def content_key(image_bytes: bytes, backbone_id: str, preprocessing_id: str) -> str:
     """sha256 over the image bytes, the backbone identity and the preprocessing settings."""
+    return content_key_from_digest(hashlib.sha256(image_bytes).digest(), backbone_id, preprocessing_id)
+
+
+def file_content_key(
+    path: str | os.PathLike,
+    backbone_id: str,
+    preprocessing_id: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> str:
+    """:func:`content_key` of an image file, hashed in chunks instead of read whole.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+    backbone_id : str
+        Identity of the backbone weights.
+    preprocessing_id : str
+        Fingerprint of the preprocessing settings.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Largest accepted file size in bytes.
+
+    Returns
+    -------
+    str
+        The same key :func:`content_key` gives for the file's bytes.
+
+    Raises
+    ------
+    ImageError
+        If the file is missing, is not a regular file, or cannot be read.
+    ImageTooLargeError
+        If the file is larger than ``max_bytes``.
+    """
+    return content_key_from_digest(hash_image_file(path, max_bytes=max_bytes), backbone_id, preprocessing_id)
+
+
+def content_key_from_digest(image_sha256: bytes, backbone_id: str, preprocessing_id: str) -> str:
+    """:func:`content_key` from the SHA-256 digest of the image bytes instead of the bytes.
+
+    Parameters
+    ----------
+    image_sha256 : bytes
+        ``hashlib.sha256(image_bytes).digest()``.
+    backbone_id : str
+        Identity of the backbone weights.
+    preprocessing_id : str
+        Fingerprint of the preprocessing settings.
+
+    Returns
+    -------
+    str
+        The hex key.
+    """
     h = hashlib.sha256()
-    h.update(hashlib.sha256(image_bytes).digest())
+    h.update(image_sha256)
     h.update(b"\0" + backbone_id.encode() + b"\0" + preprocessing_id.encode())
     return h.hexdigest()
 
