@@ -256,7 +256,9 @@ def run_simulated(out: Path, console: Console, *, scale: float = 1.0, seed: int 
     train, val = rollout.part("train"), rollout.part("val")
     ctx = AssessmentContext(
         model=bundle.model, train_X=train.X, train_y=train.sku, val_X=val.X, val_y=val.sku,
-        val_seen_in_training=False, training_config=config, bundle=bundle, seed=seed,
+        # The bundle's temperature and thresholds were fitted on these validation rows (as in
+        # `load_context_from_embeddings`), so the held-out predictions must refit without them.
+        val_seen_in_training=bool(len(val)), training_config=config, bundle=bundle, seed=seed,
     )
     # Fewer held-out-SKU folds than a real assessment, for the two-minute budget.
     assess_cfg = AssessConfig(checks={"ood_heldout": {"folds": 2, "compare_detectors": False}}, seed=seed)
@@ -287,6 +289,7 @@ def run_simulated(out: Path, console: Console, *, scale: float = 1.0, seed: int 
             "params": rollout_params.to_dict(), "build_seconds": built.seconds,
         },
         "assessment": {"verdict": report["verdict"], "failing": [c["check"] for c in failing],
+                       "heldout_source": report.get("heldout_source"),
                        "checks": [{k: c[k] for k in ("number", "check", "title", "status", "value", "threshold",
                                                       "summary")} for c in report["checks"]]},
         "forecast": forecast_block,

@@ -87,8 +87,21 @@ def test_pass_and_fail_on_the_lowest_tier():
     bad = assess_headroom(_footprint(17.0), profile)
     assert bad.status == "fail"
     assert bad.value == pytest.approx(0.15)
-    assert bad.actions[0].startswith("small (20 MB) needs a smaller model")
+    assert bad.actions[0].startswith("small (20 MiB) needs a smaller model")
     assert {t["name"] for t in bad.details["tiers"]} == {"big", "small"}
+
+
+def test_budgets_are_mib_and_labelled_so():
+    """memory_mb is used as MiB (2**20 bytes); every label says MiB, none says MB."""
+    from skuscale.assess.html import _check_extras
+
+    tier = DeviceTier("t", 20)
+    assert tier.memory_bytes == 20 * 2**20
+    result = assess_headroom(_footprint(17.0), DeviceProfile(name="p", tiers=(tier,)))
+    assert "(20 MiB for the model)" in result.summary
+    assert all(" MB" not in text for text in [result.summary, *result.actions])
+    html = _check_extras(result.to_dict())
+    assert "MiB for the model" in html and "MB for the model" not in html
 
 
 def test_shipped_profiles_load_and_bad_ones_are_clear(tmp_path):

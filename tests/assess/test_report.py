@@ -153,6 +153,29 @@ def test_config_overrides_and_errors():
     assert isinstance(parse_config(None), AssessConfig)
 
 
+@pytest.mark.parametrize("params, needle", [
+    ({"as_of": "last week"}, "checks.catalogue_change.as_of must be a date"),
+    ({"as_of": 2024}, "checks.catalogue_change.as_of must be a date"),
+    ({"catalogue_size": "many"}, "checks.catalogue_change.catalogue_size must be a positive integer"),
+    ({"catalogue_size": 0}, "checks.catalogue_change.catalogue_size must be a positive integer"),
+    ({"catalogue_size": 12.5}, "checks.catalogue_change.catalogue_size must be a positive integer"),
+    ({"catalogue_size": float("inf")}, "checks.catalogue_change.catalogue_size must be a positive integer"),
+])
+def test_parameters_without_a_typed_default_are_validated(params, needle):
+    """A None default has no type to compare with: the check's validator makes a bad value a usage error."""
+    with pytest.raises(ConfigError, match=needle):
+        parse_config({"checks": {"catalogue_change": params}})
+
+
+def test_parameters_without_a_typed_default_accept_good_values():
+    import datetime as dt
+
+    cfg = parse_config({"checks": {"catalogue_change": {"as_of": "2024-06-30", "catalogue_size": 500.0}}})
+    assert cfg.checks["catalogue_change"] == {"as_of": dt.date(2024, 6, 30), "catalogue_size": 500}
+    cfg = parse_config({"checks": {"catalogue_change": {"as_of": dt.date(2024, 6, 30), "catalogue_size": None}}})
+    assert cfg.checks["catalogue_change"] == {"as_of": dt.date(2024, 6, 30), "catalogue_size": None}
+
+
 def test_report_files_are_json_and_self_contained_html(tmp_path):
     rng = np.random.default_rng(0)
     X = np.vstack([np.eye(6)[i] * 5 + rng.standard_normal((8, 6)) for i in range(6)]).astype(np.float32)
@@ -169,3 +192,16 @@ def test_report_files_are_json_and_self_contained_html(tmp_path):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert html.count('src="data:image/png;base64,') >= 2  # balance histogram + similarity histogram
     assert "Coupled risks" in html and "Tail view" in html
+
+
+def test_html_names_the_configured_share_of_close_pairs(tmp_path):
+    from skuscale.assess.html import render_html
+    from skuscale.assess.report import jsonable
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([np.eye(6)[i] * 5 + rng.standard_normal((8, 6)) for i in range(6)]).astype(np.float32)
+    y = np.repeat([f"s{i}" for i in range(6)], 8)
+    config = AssessConfig(checks={"visual_similarity": {"bottom_fraction": 0.2}})
+    report = run_assessment(AssessmentContext(train_X=X, train_y=y), config, inputs={"bundle": "none"})
+    html = render_html(jsonable(report), figures=False)
+    assert "SKU pairs (bottom 20%)" in html and "(bottom 5%)" not in html

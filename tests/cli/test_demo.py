@@ -59,3 +59,15 @@ def test_demo_presets_are_the_documented_story():
     assert PILOT.n_skus == 800 and PILOT.zipf_exponent == 0 and PILOT.family_size == 1
     assert ROLLOUT.n_skus == 2000 and ROLLOUT.family_size > 1 and ROLLOUT.zipf_exponent > 0
     assert ROLLOUT.new_sku_monthly_rate * 3 == pytest.approx(0.05) and ROLLOUT.drift_share > 0
+
+
+def test_simulated_demo_assesses_on_predictions_not_fitted_on_the_validation_rows(tmp_path):
+    """The rollout bundle's temperature and thresholds were fitted on its validation rows."""
+    import io
+
+    from rich.console import Console
+
+    from skuscale.demo import run_simulated
+
+    story = run_simulated(tmp_path, Console(file=io.StringIO()), scale=0.05)
+    assert "refitted on the training images only" in story["assessment"]["heldout_source"]

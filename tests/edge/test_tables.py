@@ -74,3 +74,14 @@ def test_dense_fp32_stage_matches_the_model():
     np.testing.assert_allclose(d["confidence"], ref["confidence"], atol=1e-5)
     np.testing.assert_allclose(d["ood_score"], model.ood_scores(X), atol=1e-5)
     np.testing.assert_array_equal(d["topk_index"], ref["topk_index"])
+
+
+def test_stage_counts_a_shared_pca_basis_once():
+    model, X = _model("prototype")
+    dim = 4
+    stage = ScalableDecisionStage.from_model(model, dim=dim, precision="int8", basis_embeddings=X)
+    d, k = X.shape[1], len(model.skus)
+    basis = (d * dim + d) * 4
+    rows = k * (dim + 4 + 4)  # int8 rows, float32 bias and scale per row
+    assert stage.nbytes() == 2 * rows + basis + 4 * k
+    assert stage.head.basis_nbytes() == stage.prototypes.basis_nbytes() == basis

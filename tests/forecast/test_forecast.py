@@ -116,6 +116,32 @@ def test_attribution_names_the_dominant_axis(catalogue):
     assert forecast(arrivals, 200, repeats=1, n_boot=3)["attribution"]["unknown_share"] == pytest.approx(10 / 110)
 
 
+def test_automation_cap_and_loss_attribution_known_answers():
+    from skuscale.forecast.core import attribute_loss, automation_from_top1
+
+    # 1.5 * top1**2: 0.96 > 0.8 / 0.99 at top-1 0.8 (capped), 0.375 < 0.5 / 0.99 at 0.5 (kept).
+    np.testing.assert_allclose(automation_from_top1([0.8, 0.5], 1.5, 2.0, 0.99), [0.8 / 0.99, 0.375])
+    assert attribute_loss(0.8, 0.9) == pytest.approx((0.1, 0.1))
+    # Well-sampled SKUs forecast lower than all images: no imbalance, and similarity is the whole loss, no more.
+    assert attribute_loss(0.8, 0.7) == pytest.approx((0.2, 0.0))
+
+
+def test_forecast_never_exceeds_what_the_precision_target_allows():
+    """The reviewer's case: a power link that extrapolates past top1 / target, and a well-sampled half
+    forecast below the whole catalogue."""
+    data = simulate_catalogue(SimulatorParams(n_skus=200, dim=32, family_size=2.0, zipf_exponent=0.6, max_train=30,
+                                              min_train=4))
+    result = forecast(data, 1000, fit_max_size=80, n_boot=5)
+    curve, target = result["curve"], result["target_precision"]
+    for auto, top1 in (("automation", "top1"), ("automation_lo", "top1_lo"), ("automation_hi", "top1_hi")):
+        assert np.all(np.array(curve[auto]) <= np.array(curve[top1]) / target + 1e-12), auto
+    at = result["at_target"]
+    assert at["automation"] <= at["top1"] / target + 1e-12
+    loss = result["attribution"]["loss"]
+    assert loss["similarity"] + loss["imbalance"] == pytest.approx(1.0 - at["top1"])
+    assert max(loss["similarity"], loss["imbalance"]) <= 1.0 - at["top1"] + 1e-12
+
+
 def test_size_grid_spans_ten_to_hundred_percent():
     grid = size_grid(800)
     assert grid[0] == 80 and grid[-1] == 800 and grid == sorted(set(grid))

@@ -11,7 +11,7 @@ inputs without a bundle.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,12 @@ class Check:
         See :class:`CheckResult`.
     defaults : dict
         Every parameter the check accepts with its default; the YAML config may
-        override any of them (and nothing else).
+        override any of them (and nothing else). An override must have the default's
+        type.
+    validators : dict
+        Parameter name to a function that returns the validated value or raises
+        ``ValueError`` saying what is expected (the config names the parameter). Needed
+        for a parameter whose default is None, which has no type to check against.
     """
 
     name: str = ""
@@ -120,6 +125,7 @@ class Check:
     direction: str = "max"
     unit: str = ""
     defaults: Mapping[str, Any] = {}
+    validators: Mapping[str, Callable[[Any], Any]] = {}
 
     def missing_inputs(self, ctx: AssessmentContext) -> str | None:
         """Why this check cannot run on ``ctx`` (it is then skipped), or None."""

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from skuscale.assess.base import PASS, Check, CheckResult, register, verdict
+from skuscale.assess.config import optional_date, optional_positive_int
 from skuscale.exceptions import SkuscaleError
 
 CHANGE_KINDS = ("added", "changed", "removed")
@@ -188,6 +189,7 @@ class CatalogueChangeCheck(Check):
     defaults = MappingProxyType(
         {"max_quarterly_share": 0.05, "unknown_object_loop": False, "as_of": None, "catalogue_size": None}
     )
+    validators = MappingProxyType({"as_of": optional_date, "catalogue_size": optional_positive_int})
 
     def missing_inputs(self, ctx):
         return None if ctx.catalogue_log is not None else "no --catalogue-log given"

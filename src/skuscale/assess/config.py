@@ -9,13 +9,18 @@
     seed: 0
 
 Every key is optional and must be one the check declares in its ``defaults``; an
-unknown key or a value of the wrong type is a :class:`ConfigError` naming it.
+unknown key or a value of the wrong type is a :class:`ConfigError` naming it. A value's
+type is that of its default; a parameter whose default is None (no type to compare
+with) is checked by the validator the check declares in ``validators``
+(:func:`optional_date`, :func:`optional_positive_int`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,34 @@ class AssessConfig:
         return {**dict(check.defaults), **self.checks.get(check.name, {})}
 
 
-def _check_value(where: str, default: Any, value: Any) -> Any:
+def optional_date(value: Any) -> dt.date | None:
+    """None, or a date (YAML ``2024-06-30``, or the string ``"2024-06-30"``)."""
+    if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"must be a date YYYY-MM-DD or null, got {value!r}")
+
+
+def optional_positive_int(value: Any) -> int | None:
+    """None, or a whole number of at least 1."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or float(value) != int(value) or value < 1):
+        raise ValueError(f"must be a positive integer or null, got {value!r}")
+    return int(value)
+
+
+def _check_value(where: str, default: Any, value: Any, validator: Callable[[Any], Any] | None = None) -> Any:
+    if validator is not None:
+        try:
+            return validator(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} {exc}") from exc
     if default is None:
         return value
     if isinstance(default, bool):
@@ -51,7 +83,8 @@ def _check_value(where: str, default: Any, value: Any) -> Any:
     if isinstance(default, int | float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+        if isinstance(default, int) and not isinstance(default, bool) and (
+                not math.isfinite(value) or float(value) != int(value)):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return type(default)(value)
     if isinstance(default, str | dt.date) and not isinstance(value, type(default)):
@@ -86,7 +119,9 @@ def parse_config(doc: Any, source: str = "config") -> AssessConfig:
         if bad:
             raise ConfigError(f"{source}: unknown parameter(s) {', '.join(f'checks.{name}.{b}' for b in bad)}; "
                               f"{name} accepts: {', '.join(defaults)}")
-        out[name] = {k: _check_value(f"{source}: checks.{name}.{k}", defaults[k], v) for k, v in params.items()}
+        validators = getattr(checks[name], "validators", {})
+        out[name] = {k: _check_value(f"{source}: checks.{name}.{k}", defaults[k], v, validators.get(k))
+                     for k, v in params.items()}
     coupled = doc.get("coupled_risks") or {}
     if not isinstance(coupled, dict) or set(coupled) - set(COUPLED_DEFAULTS):
         raise ConfigError(f"{source}: coupled_risks accepts only: {', '.join(COUPLED_DEFAULTS)}")

@@ -13,7 +13,15 @@ The footprint of one batch-1 recognition is::
         graph once on a zero image with every intermediate exposed as an output,
         so dynamic shapes (padding computed in-graph) are exact.
     T = class-table bytes: every array of the linear head, the prototypes, the OOD
-        detector's state and the router's per-SKU/per-category thresholds.
+        detector's state and the router's per-SKU thresholds.
+
+``W`` and ``A`` are those of the graph ONNX Runtime executes
+(:func:`runtime_weights_and_activations`: extended graph optimisations applied), for
+fp32 and INT8 backbones alike, so check 4 and the device sizing of
+``skuscale build --device`` (:mod:`skuscale.edge.footprint`) count the same bytes. The
+unoptimised graph overstates ``A``: for fp32 it keeps separate tensors that ONNX Runtime
+fuses away (e.g. a convolution's output before its activation), for an INT8 QDQ model it
+holds every activation twice (uint8 and its fp32 dequantisation).
 
 and the headroom on a device with ``M`` bytes for the model is ``(M - footprint) / M``.
 
@@ -21,7 +29,9 @@ and the headroom on a device with ``M`` bytes for the model is ``(M - footprint)
 part of ``T`` held in arrays with one row per SKU, divided by the number of SKUs:
 the marginal cost of one more SKU. Arrays are counted at their stored dtype
 (float32 today); a quantised head or backbone (INT8) changes the element sizes and
-should be accounted for here.
+should be accounted for here. Before training, :func:`skuscale.edge.footprint.class_table_bytes_for`
+gives the same bytes from the catalogue size, embedding width and detector (the tests
+check that it equals :func:`class_table_bytes` of fitted models).
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ class Footprint:
     class_table_parts: dict[str, int]
     per_sku_bytes: float
     n_skus: int
-    method: str = "onnxruntime liveness over measured tensor sizes"
+    method: str = "liveness over measured tensor sizes of the graph ONNX Runtime executes"
 
     @property
     def total_bytes(self) -> int:
@@ -163,6 +173,22 @@ def onnx_weights_and_activations(path: str | os.PathLike, *, batch: int = 1) -> 
     return int(weights), peak
 
 
+def runtime_weights_and_activations(path: str | os.PathLike, *, batch: int = 1) -> tuple[int, int]:
+    """``(W, A)`` of the graph ONNX Runtime executes (extended optimisations applied, as saved by ORT)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as work:
+        optimised = Path(work) / "optimised.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimised)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnx_weights_and_activations(optimised, batch=batch)
+
+
 def class_table_bytes(model: RecognitionModel) -> tuple[dict[str, int], float]:
     """Bytes of the head, prototypes, detector and router arrays, and the per-SKU share.
 
@@ -191,15 +217,9 @@ def bundle_footprint(bundle) -> Footprint:
         raise ValueError("the bundle has no folder; load it from disk")
     if not bundle.backbone.get("onnx"):
         raise ValueError("the bundle was built from embeddings and has no image backbone to size")
-    onnx_path = bundle.root / bundle.backbone["onnx"]
-    if bundle.metadata.get("quantization"):
-        # A QDQ graph stores float activations between Quantize/Dequantize pairs; only the
-        # graph ONNX Runtime fuses and runs has the INT8 sizes a device pays for.
-        from skuscale.edge.footprint import runtime_weights_and_activations
-
-        weights, peak = runtime_weights_and_activations(onnx_path)
-    else:
-        weights, peak = onnx_weights_and_activations(onnx_path)
+    # The graph ONNX Runtime fuses and runs, fp32 or INT8: the bytes a device pays for, and
+    # the ones the device sizing of `skuscale build --device` counts.
+    weights, peak = runtime_weights_and_activations(bundle.root / bundle.backbone["onnx"])
     parts, per_sku = class_table_bytes(bundle.model)
     return Footprint(weights_bytes=weights, activation_peak_bytes=peak, class_table_bytes=sum(parts.values()),
                      class_table_parts=parts, per_sku_bytes=per_sku, n_skus=len(bundle.model.skus))

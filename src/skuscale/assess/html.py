@@ -80,15 +80,18 @@ def _figures(result: dict[str, Any]) -> str:
         return f'<p class="muted">plot unavailable: {escape(type(exc).__name__)}: {escape(str(exc))}</p>'
 
 
-def _check_extras(result: dict[str, Any]) -> str:
-    """Evidence tables specific to a check."""
+def _check_extras(result: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+    """Evidence tables specific to a check; ``params`` are the check's parameters from the report's config."""
     d, name = result.get("details") or {}, result["check"]
+    params = params or {}
     if result["status"] not in ("pass", "fail"):
         return ""
     if name == "visual_similarity":
         rows = [[p["sku_a"], p["sku_b"], f"{p['distance']:.3f}", p["category_a"] or "", p["category_b"] or "",
                  p["recommendation"]] for p in d["pairs"]]
-        return (f"<p>The {d['n_listed']} closest of {d['n_pairs']} SKU pairs (bottom 5%):</p>"
+        fraction = params.get("bottom_fraction")
+        share = f" (bottom {fraction:.0%})" if isinstance(fraction, int | float) else ""
+        return (f"<p>The {d['n_listed']} closest of {d['n_pairs']} SKU pairs{share}:</p>"
                 + _table(["SKU", "SKU", "distance", "category", "category", "recommendation"], rows, {2}))
     if name == "memory_headroom":
         fp = d["footprint"]
@@ -101,7 +104,7 @@ def _check_extras(result: dict[str, Any]) -> str:
                  for t in d["tiers"]]
         return (_table(["component", "MiB"], rows, {1})
                 + f"<p>Per SKU: {fp['per_sku_bytes'] / 1024:.1f} KiB of class tables.</p>"
-                + _table(["tier", "MB for the model", "headroom", "max SKUs at min headroom", "note"], tiers,
+                + _table(["tier", "MiB for the model", "headroom", "max SKUs at min headroom", "note"], tiers,
                          {1, 2, 3}))
     if name == "catalogue_change":
         rows = [[f"{q['months'][0]} to {q['months'][-1]}", q["skus_changed"], f"{q['share']:.1%}"]
@@ -251,7 +254,7 @@ def render_html(report: dict[str, Any], *, figures: bool = True) -> str:
             f"<p>{escape(c['summary'])}</p><p class='muted'>value {escape(fmt_value(c['value'], c['unit']))}, "
             f"threshold {escape(fmt_threshold(c))}, {c['seconds']:.1f} s</p>"
             + (f"<h3>Actions</h3><ul>{acts}</ul>" if acts else "")
-            + _check_extras(c)
+            + _check_extras(c, report.get("config", {}).get("checks", {}).get(c["check"]))
             + (_figures(c) if figures else "")
             + f"<details><summary>data</summary><pre>{escape(details)}</pre></details></section>"
         )

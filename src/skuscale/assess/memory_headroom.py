@@ -32,7 +32,7 @@ def assess_headroom(footprint: Footprint, profile: DeviceProfile, *, min_headroo
         parts = footprint.class_table_parts
         biggest = max(parts, key=parts.get)
         actions.append(
-            f"{lowest.name} ({lowest.memory_mb:g} MB) needs a smaller model: at {footprint.per_sku_bytes / 1024:.1f} "
+            f"{lowest.name} ({lowest.memory_mb:g} MiB) needs a smaller model: at {footprint.per_sku_bytes / 1024:.1f} "
             f"KiB of class tables per SKU it holds at most {fits} SKUs with {min_headroom:.0%} headroom"
             + (f" (now {footprint.n_skus})" if fits is not None else "")
         )
@@ -42,7 +42,7 @@ def assess_headroom(footprint: Footprint, profile: DeviceProfile, *, min_headroo
             f"size), class tables {footprint.class_table_bytes / MIB:.2f} MiB (largest: {biggest}; a smaller head, "
             "INT8 tables or a detector that keeps no per-image state)"
         )
-    summary = (f"footprint {total_mb:.1f} MiB on {profile.name}/{lowest.name} ({lowest.memory_mb:g} MB for the "
+    summary = (f"footprint {total_mb:.1f} MiB on {profile.name}/{lowest.name} ({lowest.memory_mb:g} MiB for the "
                f"model): headroom {headroom:.1%}")
     details = {"profile": profile.name, "profile_source": profile.source, "lowest_tier": lowest.name,
                "footprint": footprint.to_dict(), "tiers": tiers, "min_headroom": min_headroom}

@@ -6,8 +6,11 @@ A profile looks like::
     description: ...
     tiers:
       - name: shelf-cam-basic
-        memory_mb: 32      # memory the recognition model may use on this tier
+        memory_mb: 32      # MiB the recognition model may use on this tier
         note: ...          # optional
+
+``memory_mb`` is in MiB (2**20 bytes), the unit every footprint is reported in; the
+key keeps its name so existing profiles stay valid.
 
 Profiles shipped with the package live in ``skuscale/profiles/`` and are named by
 file stem (``smart-cart``, ``shelf-camera``, ``handheld``); any other YAML file can
@@ -30,12 +33,15 @@ class ProfileError(SkuscaleError):
 
 @dataclass(frozen=True)
 class DeviceTier:
+    """One device tier; ``memory_mb`` is the model's budget in MiB (2**20 bytes), despite its name."""
+
     name: str
     memory_mb: float
     note: str = ""
 
     @property
     def memory_bytes(self) -> float:
+        """The budget in bytes: ``memory_mb`` MiB."""
         return self.memory_mb * 1024 * 1024
 
 

@@ -7,9 +7,14 @@ leaves the required headroom on the profile's lowest tier.
 
 Costs are measured, not looked up: each installed backbone variant is exported to ONNX
 (torch, in :mod:`skuscale.embed`) and its runtime graph's ``W`` and ``A`` are measured
-(:func:`skuscale.edge.footprint.runtime_weights_and_activations`); the INT8 variant is
-quantised on a handful of the training images and measured the same way, only when no
-fp32 configuration fits.
+(:func:`skuscale.edge.footprint.runtime_weights_and_activations`, the function check 4
+uses); the INT8 variant is quantised on a handful of the training images and measured
+the same way, only when no fp32 configuration the build can store fits.
+
+Only configurations the build applies are chosen: the backbone variant, INT8 and dense
+fp32 class tables (:data:`skuscale.edge.footprint.BUILD_TABLE_SETTINGS`). Compact table
+settings (fp16/int8 rows, PCA) are sized and listed with the candidates, marked as not
+applicable, so a failure says when only they would have fitted.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skuscale.edge.footprint import BackboneCost, SizingChoice, runtime_weights_and_activations, size_for_device
+from skuscale.edge.footprint import (
+    BUILD_TABLE_SETTINGS,
+    DEFAULT_LABEL_CHARS,
+    BackboneCost,
+    SizingChoice,
+    runtime_weights_and_activations,
+    size_for_device,
+)
 from skuscale.exceptions import SkuscaleError
 
 #: Calibration images used to measure an INT8 variant's footprint.
@@ -33,9 +45,9 @@ SIZING_CALIBRATION_IMAGES = 16
 class DevicePlan:
     """The sizing decision recorded in the bundle (``metadata["device_sizing"]``).
 
-    The backbone and INT8 choices are applied by the build; a compact table setting
-    (PCA dimension, fp16/int8 rows) is recorded but not applied: the bundle stores the
-    dense fp32 head and prototypes (see "Footprint and device sizing" in docs/edge.md).
+    Everything chosen is applied by the build: backbone, INT8, and the dense fp32 class
+    tables the bundle stores (:func:`plan_for_device` never chooses a compact table
+    setting; see "Footprint and device sizing" in docs/edge.md).
     """
 
     profile: str
@@ -103,11 +115,20 @@ def plan_for_device(
     *,
     backbone: str,
     calibration_paths: Sequence[str | os.PathLike],
-    prototype_table: bool = True,
     min_headroom: float = 0.20,
     step: Callable[[str], None] | None = None,
+    detector: str = "prototype",
+    sku_names: Sequence[str] | None = None,
 ) -> DevicePlan:
-    """Choose backbone, INT8 and table setting for ``profile_name`` before training.
+    """Choose backbone and INT8 for ``profile_name`` before training, with dense fp32 tables.
+
+    The class tables are counted as the bundle will store them
+    (:func:`skuscale.edge.footprint.class_table_bytes_for`) for ``detector``, which
+    training has not chosen yet (default ``prototype``: a ``mahalanobis`` detector adds a
+    d x d matrix, a ``knn`` one its bank of one row per training image); ``sku_names``
+    gives the label width (default :data:`~skuscale.edge.footprint.DEFAULT_LABEL_CHARS`
+    characters). Candidates are tried in :func:`~skuscale.edge.footprint.size_for_device`'s
+    order; only :data:`~skuscale.edge.footprint.BUILD_TABLE_SETTINGS` can be chosen.
 
     Raises
     ------
@@ -122,17 +143,18 @@ def plan_for_device(
     names, skipped = installed_backbones(backbone)
     if not names:
         raise SkuscaleError(f"no backbone weights installed for device sizing: {skipped}")
-    say(f"sizing for {profile.name} (lowest tier {profile.lowest_tier.name}, {profile.lowest_tier.memory_mb:g} MB): "
+    say(f"sizing for {profile.name} (lowest tier {profile.lowest_tier.name}, {profile.lowest_tier.memory_mb:g} MiB): "
         f"measuring {', '.join(names)} fp32")
+    label_chars = max((len(str(s)) for s in sku_names), default=0) if sku_names is not None else DEFAULT_LABEL_CHARS
+    options = {"min_headroom": min_headroom, "detector": detector, "n_bank": len(calibration_paths),
+               "label_chars": label_chars, "applicable": BUILD_TABLE_SETTINGS}
     costs = [measure_backbone(n) for n in names]
     try:
-        choice, tried = size_for_device(profile, n_skus, costs, min_headroom=min_headroom,
-                                        prototype_table=prototype_table)
+        choice, tried = size_for_device(profile, n_skus, costs, **options)
     except SkuscaleError:
-        say("no fp32 configuration fits: measuring INT8")
+        say("no fp32 configuration the build can store fits: measuring INT8")
         cal = list(calibration_paths)[:: max(1, len(calibration_paths) // SIZING_CALIBRATION_IMAGES)]
         cal = cal[:SIZING_CALIBRATION_IMAGES]
         costs = [measure_backbone(n, cal, int8=True) for n in names]
-        choice, tried = size_for_device(profile, n_skus, costs, min_headroom=min_headroom,
-                                        prototype_table=prototype_table)
+        choice, tried = size_for_device(profile, n_skus, costs, **options)
     return DevicePlan(profile=profile.name, choice=choice, tried=tried, skipped_backbones=skipped)

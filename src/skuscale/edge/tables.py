@@ -166,9 +166,14 @@ class ClassTable:
             return Xn
         return (Xn - self.mean_) @ self.components_
 
-    def nbytes(self) -> int:
-        """Bytes held by the table (rows, scales, bias, FAISS codes/ids/centroids, PCA basis)."""
-        basis = 0 if self.components_ is None else self.components_.nbytes + self.mean_.nbytes
+    def basis_nbytes(self) -> int:
+        """Bytes of the PCA basis (axes and centre; 0 without one)."""
+        return 0 if self.components_ is None else int(self.components_.nbytes + self.mean_.nbytes)
+
+    def nbytes(self, *, include_basis: bool = True) -> int:
+        """Bytes held by the table (rows, scales, bias, FAISS codes/ids/centroids, and the PCA basis
+        unless ``include_basis`` is False, for a basis shared with another table)."""
+        basis = self.basis_nbytes() if include_basis else 0
         if self.index_ is not None:
             return table_bytes(self.n_rows_, self.dim_, self.precision, approximate=True, nlist=self.nlist_) + basis
         return int(self.rows_.nbytes + self.bias_.nbytes + (0 if self.scales_ is None else self.scales_.nbytes)
@@ -247,9 +252,18 @@ class ScalableDecisionStage:
                    sku_thresholds=model.router.sku_threshold_vector(), ood_threshold=float(model.router.ood_threshold))
 
     def nbytes(self) -> int:
-        """Bytes of the class tables (head, prototypes, per-SKU thresholds as float32)."""
-        return (self.head.nbytes() + (0 if self.prototypes is None else self.prototypes.nbytes())
-                + 4 * self.sku_thresholds.size)
+        """Bytes of the class tables (head, prototypes, per-SKU thresholds as float32).
+
+        A PCA basis the head and prototype tables share (as :meth:`from_model` builds them)
+        is held, and counted, once.
+        """
+        protos = 0
+        if self.prototypes is not None:
+            shared = (self.prototypes.components_ is not None and self.head.components_ is not None
+                      and np.shares_memory(self.prototypes.components_, self.head.components_)
+                      and np.shares_memory(self.prototypes.mean_, self.head.mean_))
+            protos = self.prototypes.nbytes(include_basis=not shared)
+        return self.head.nbytes() + protos + 4 * self.sku_thresholds.size
 
     def decide(self, X: np.ndarray, top_k: int = TOP_K) -> dict[str, np.ndarray]:
         """``band``, ``sku_index``, ``confidence``, ``ood_score``, ``topk_index``, ``topk_score``."""

@@ -10,8 +10,11 @@ Steps (see ``docs/forecast.md``):
 3. fit the competitor-hazard model (:mod:`skuscale.forecast.model`) to the beat
    counts of the images in random sub-catalogues of ``fit_max_size`` SKUs and
    extrapolate top-1 to ``N`` SKUs; automation follows the top-1 curve through a
-   power link fitted on the measurements; the band is a bootstrap over SKUs;
-4. attribute the loss at ``N`` to similarity, imbalance and unknown products.
+   power link fitted on the measurements, capped at ``top1 / target_precision`` (at
+   that precision no more images can be accepted than are right); the band is a
+   bootstrap over SKUs;
+4. attribute the loss at ``N`` to similarity, imbalance and unknown products
+   (similarity and imbalance add up to the top-1 loss).
 """
 
 from __future__ import annotations
@@ -69,6 +72,31 @@ def _power_link(top1_measured, y_measured, floor=1e-4):
     return float(np.exp(loga)), float(max(g, 0.0))
 
 
+def automation_from_top1(top1, A: float, g: float, target_precision: float) -> np.ndarray:
+    """``A * top1**g`` through the power link, capped at ``top1 / target_precision``.
+
+    An accepted set with precision ``target_precision`` holds ``target_precision *
+    automation`` correct images out of the ``top1`` that are correct at all, so
+    automation cannot exceed ``top1 / target_precision``; the empirical link knows
+    nothing of that and can cross the bound when it extrapolates.
+    """
+    top1 = np.asarray(top1, dtype=np.float64)
+    return np.clip(np.minimum(A * top1 ** g, top1 / target_precision), 0.0, 1.0)
+
+
+def attribute_loss(top1: float, top1_well_sampled: float) -> tuple[float, float]:
+    """``(similarity, imbalance)`` loss of a top-1 forecast; they add up to ``1 - top1``.
+
+    ``imbalance`` is how much lower the forecast for all images is than for the SKUs with
+    more training images than the median; ``similarity`` is the rest of the loss. When
+    the well-sampled SKUs forecast lower than all images (no imbalance penalty), the
+    whole loss is similarity: no component can exceed the total.
+    """
+    total = max(1.0 - top1, 0.0)
+    imbalance = min(max(top1_well_sampled - top1, 0.0), total)
+    return total - imbalance, imbalance
+
+
 def forecast(
     data: EmbeddingDataset,
     to: int,
@@ -115,6 +143,8 @@ def forecast(
 
     if to < 2:
         raise ValueError("--to must be at least 2 SKUs")
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision!r}")
     rng = np.random.default_rng(seed)
     train = data.part("train") if data.split is not None else data
     val = data.part("val") if data.split is not None else None
@@ -146,7 +176,7 @@ def forecast(
     m_sizes = np.array(sizes)
     m_top1 = model.top1(m_sizes)
     A, g = _power_link(m_top1, np.array([measured_mean[k]["automation"] for k in sizes]))
-    automation = np.clip(A * top1 ** g, 0, 1)
+    automation = automation_from_top1(top1, A, g, target_precision)
     ece_fit = np.polyfit(np.log(m_sizes), [measured_mean[k]["ece"] for k in sizes], 1) if len(sizes) > 1 \
         else np.array([0.0, measured_mean[sizes[0]]["ece"]])
     ece = np.clip(np.polyval(ece_fit, np.log(grid)), 0, 1)
@@ -158,18 +188,17 @@ def forecast(
     head = owner_counts > median
     tail = ~head
     top1_to = float(model.top1([to])[0])
-    imbalance_loss = 0.0
     top1_head_to = top1_to
     if tail.any() and head.any() and np.unique(table.train_counts).size > 1:
         top1_head_to = float(fit_hazard_model(beaten[head], fit_size, components=components).top1([to])[0])
-        imbalance_loss = max(top1_head_to - top1_to, 0.0)
+    similarity_loss, imbalance_loss = attribute_loss(top1_to, top1_head_to)
     if unknown_share is None:
         params = data.meta.get("params", {}) if data.simulated else {}
         rate, months = params.get("new_sku_monthly_rate", 0.0), params.get("months", 0.0)
         n_new = params.get("n_skus", 0) * rate * months
         unknown_share = n_new / (params.get("n_skus", 0) + n_new) if n_new else 0.0
     losses = {
-        "similarity": max(1.0 - top1_head_to, 0.0),
+        "similarity": similarity_loss,
         "imbalance": imbalance_loss,
         "unknowns": float(unknown_share),
     }
@@ -200,13 +229,14 @@ def forecast(
         },
         "measured": rows,
         "measured_mean": [{"size": k, **v} for k, v in measured_mean.items()],
-        "model": {**model.to_dict(), "automation_link": {"A": A, "gamma": g},
+        "model": {**model.to_dict(), "automation_link": {"A": A, "gamma": g, "cap": "top1 / target_precision"},
                   "ece_loglinear": [float(c) for c in ece_fit]},
         "curve": {
             "size": [int(k) for k in grid],
             "top1": top1.tolist(), "top1_lo": lo.tolist(), "top1_hi": hi.tolist(),
             "automation": automation.tolist(),
-            "automation_lo": np.clip(A * lo ** g, 0, 1).tolist(), "automation_hi": np.clip(A * hi ** g, 0, 1).tolist(),
+            "automation_lo": automation_from_top1(lo, A, g, target_precision).tolist(),
+            "automation_hi": automation_from_top1(hi, A, g, target_precision).tolist(),
             "ece": ece.tolist(),
         },
         "at_target": {
@@ -214,7 +244,8 @@ def forecast(
             "automation": float(automation[at]), "ece": float(ece[at]),
             "top1_with_unknowns": top1_to * (1 - unknown_share),
         },
-        "attribution": {"loss": losses, "unknown_share": float(unknown_share), "median_train_count": median},
+        "attribution": {"loss": losses, "unknown_share": float(unknown_share), "median_train_count": median,
+                        "top1_well_sampled": top1_head_to},
         "dominant_axis": max(AXES, key=lambda a: losses[a]),
         "extrapolation_factor": float(to / fit_size),
         "warning": None if math.isfinite(top1_to) else "model did not converge",
