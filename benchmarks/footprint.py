@@ -36,7 +36,7 @@ def main() -> None:
               f"total {r['total_bytes'] / MIB:.2f} MiB; ORT RSS +{rss.get('run_bytes', 0) / MIB:.1f} MiB "
               f"({rss.get('model', '-')}, load + one image)")
         for name, p in r.get("profiles", {}).items():
-            print(f"  {name}/{p['tier']} ({p['memory_mb']:g} MB): headroom {p['headroom']:.1%}")
+            print(f"  {name}/{p['tier']} ({p['memory_mb']:g} MiB): headroom {p['headroom']:.1%}")
         print(f"  {'SKUs':>7} {'dense fp32':>11} {'int8 full':>10} {'int8 256':>9} {'int8 128':>9}  (W + A + T, MiB)")
         for s in r["scale"]:
             keys = [k for k in s if k.startswith("table_") and k.endswith("_total_bytes")]
