@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -13,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from skuscale.bundle import BACKBONE_FILE, Bundle, image_digests
-from skuscale.data import Dataset, load_dataset, validate_dataset
+from skuscale.bundle import BACKBONE_FILE, FORMAT, MANIFEST, Bundle, image_digests
+from skuscale.data import Dataset, Item, load_dataset, validate_dataset
 from skuscale.data.preprocess import Preprocessing
 from skuscale.embed.cache import EmbeddingCache, content_key
 from skuscale.embed.finetune_config import DEFAULT_FINETUNE_EPOCHS, FinetuneConfig
-from skuscale.exceptions import SkuscaleError
+from skuscale.exceptions import ManifestError, SkuscaleError
 from skuscale.training import TrainingConfig, fit_recognition_model
 
 EXPORT_CHECK_IMAGES = 8
@@ -83,15 +85,65 @@ class BuildResult:
     cache_misses: int
 
 
-def _load_checked(path: str | os.PathLike, is_known_good: Callable[[Path], bool]) -> Dataset:
-    """Load and validate a dataset, fully decoding only images the cache has not seen.
+def _read_checked(
+    inputs: Sequence[tuple[str, str | os.PathLike]], is_known_good: Callable[[Path], bool]
+) -> dict[str, Dataset]:
+    """Read and validate every input, and check them against each other; one error lists every problem.
 
-    An image whose exact bytes already have a cached embedding decoded fine before,
-    so a warm rebuild does not decode every file just to validate it.
+    Images are fully decoded only when the cache has not seen them: an image whose
+    exact bytes already have a cached embedding decoded fine before, so a warm
+    rebuild does not decode every file just to validate it.
     """
-    ds = load_dataset(path, validate=False)
-    validate_dataset(ds, check_images=lambda p: not is_known_good(p))
-    return ds
+    read: dict[str, Dataset] = {}
+    failed: list[tuple[str, ManifestError]] = []
+    for flag, path in inputs:
+        try:
+            read[flag] = load_dataset(path, validate=False)
+            validate_dataset(read[flag], check_images=lambda p: not is_known_good(p))
+        except ManifestError as exc:
+            failed.append((flag, exc))
+    across = _cross_manifest_problems(list(read.items()))
+    if len(failed) == 1 and not across:
+        raise failed[0][1]
+    if failed or across:
+        # Fixing the train manifest should not reveal a new list of val problems.
+        problems = [f"{flag} {exc.source}: {p}" for flag, exc in failed for p in exc.problems] + across
+        raise ManifestError(" and ".join(f"{flag} {path}" for flag, path in inputs), problems)
+    return read
+
+
+def _where(item: Item, ds: Dataset) -> str:
+    """``tr.csv line 4``, or the image path for an image folder."""
+    line = getattr(item, "_line", None)
+    return f"{ds.source} line {line}" if line is not None else str(item.path)
+
+
+def _cross_manifest_problems(datasets: list[tuple[str, Dataset]]) -> list[str]:
+    """Images listed by two inputs, and SKUs whose category differs between inputs.
+
+    Each manifest is checked on its own by :func:`validate_dataset`; these problems
+    only show across them. An image in both --train and --val would make the held-out
+    calibration in-sample; a SKU can have only one category in the bundle.
+    """
+    problems: list[str] = []
+    first: dict[Path, tuple[str, Item, Dataset]] = {}
+    for flag, ds in datasets:
+        for item in ds.items:
+            earlier = first.get(item.path)
+            if earlier is None:
+                first[item.path] = (flag, item, ds)
+            elif earlier[0] != flag:
+                problems.append(f"{flag} {_where(item, ds)}: image {item.path} is also in {earlier[0]} "
+                                f"({_where(earlier[1], earlier[2])}); an image may be in only one of them")
+    categories: dict[str, dict[str, str]] = {}
+    for flag, ds in datasets:
+        for sku, category in ds.categories().items():
+            categories.setdefault(sku, {}).setdefault(category, f"{flag} {ds.source}")
+    for sku, by_category in sorted(categories.items()):
+        if len(by_category) > 1:
+            described = "; ".join(f"{category!r} in {where}" for category, where in by_category.items())
+            problems.append(f"SKU {sku!r} has different categories: {described}")
+    return problems
 
 
 def _collect(
@@ -101,9 +153,10 @@ def _collect(
     exclude_skus: Sequence[str],
     is_known_good: Callable[[Path], bool],
 ) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    train_ds = _load_checked(train, is_known_good)
-    val_ds = _load_checked(val, is_known_good) if val else None
-    ref_ds = _load_checked(reference, is_known_good) if reference else None
+    inputs = [("--train", train)] + [(flag, path) for flag, path in (("--val", val), ("--reference", reference))
+                                      if path]
+    loaded = _read_checked(inputs, is_known_good)
+    train_ds, val_ds, ref_ds = loaded["--train"], loaded.get("--val"), loaded.get("--reference")
     if exclude_skus:
         unknown = sorted(set(exclude_skus) - set(train_ds.skus))
         if unknown:
@@ -111,6 +164,14 @@ def _collect(
         train_ds = train_ds.exclude_skus(exclude_skus)
         val_ds = val_ds.exclude_skus(exclude_skus) if val_ds else None
         ref_ds = ref_ds.exclude_skus(exclude_skus) if ref_ds else None
+    if val_ds is not None:
+        extra = sorted(set(val_ds.skus) - set(train_ds.skus))
+        if extra:
+            # The head could never predict them: every such photo would count as a confident-looking error.
+            raise SkuscaleError(
+                f"--val has {len(extra)} SKU(s) with no training photos: {', '.join(extra[:10])}"
+                + (" ..." if len(extra) > 10 else "") + "; add their photos to --train or drop them from --val"
+            )
     if ref_ds is not None:
         # Reference shots of SKUs absent from training would create classes without store images.
         keep = np.isin(ref_ds.labels, train_ds.skus)
@@ -257,13 +318,86 @@ def _fit_and_package(
     return model, metadata
 
 
+def _is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``bundle.json`` that a skuscale bundle wrote."""
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def check_out_folder(out: str | os.PathLike, what: str = "--out") -> Path:
+    """The bundle folder ``out``, refused unless it may be replaced.
+
+    A bundle folder may be written where nothing is, into an empty folder, or over
+    an earlier skuscale bundle (a folder with its ``bundle.json``). Anything else (a
+    file, a symbolic link, a folder with other contents, a path through a file, or
+    a path without a folder name such as ``.``) raises :class:`SkuscaleError`, so
+    nothing of the user's is ever deleted.
+    """
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise SkuscaleError(f"{what} {str(out)!r} does not name a folder; give a new folder's name, e.g. {what} "
+                            "bundles/v1")
+    if out.is_symlink():
+        raise SkuscaleError(f"{what} {out} is a symbolic link; give the folder itself or a new path")
+    if out.exists():
+        if not out.is_dir():
+            raise SkuscaleError(f"{what} {out} is a file, not a folder; give a new path or remove it")
+        if not _is_bundle(out):
+            try:
+                empty = next(out.iterdir(), None) is None
+            except OSError as exc:
+                raise SkuscaleError(f"{what} {out}: cannot read it: {exc.strerror or exc}") from None
+            if not empty:
+                raise SkuscaleError(f"{what} {out} is a folder that is neither empty nor a skuscale bundle (no "
+                                    f"{MANIFEST}); refusing to replace it: give a new path or remove it")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SkuscaleError(f"{what} {out}: {parent} is a file, not a folder")
+            break
+    return out
+
+
+def replace_folder(staging: Path, out: Path, what: str = "--out") -> None:
+    """Move the finished ``staging`` folder to ``out``, replacing what :func:`check_out_folder` allows.
+
+    ``out`` is checked again (it may have changed during the build), and an earlier
+    bundle there is moved aside and only deleted once ``staging`` has taken its place.
+    """
+    check_out_folder(out, what)
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    try:
+        os.replace(out, aside / out.name)
+    except BaseException:
+        aside.rmdir()
+        raise
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        # Put the earlier bundle back; should even that fail, it stays in ``aside``.
+        os.replace(aside / out.name, out)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _staging_for(out: Path) -> Path:
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
 def _publish(bundle: Bundle, staging: Path, out: Path, hooks: BuildProgress, started: float) -> None:
     hooks.step("writing the bundle")
     bundle.metadata["build"]["seconds"] = round(time.perf_counter() - started, 3)
     bundle.save(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    replace_folder(staging, out)
     bundle.root = out
 
 
@@ -284,6 +418,7 @@ def build_bundle_from_embeddings(
     from skuscale.data.embeddings import load_embeddings
 
     started = time.perf_counter()
+    out = check_out_folder(out)
     hooks = progress or BuildProgress()
     cfg = config or TrainingConfig()
     hooks.step(f"reading embeddings {embeddings}")
@@ -301,24 +436,25 @@ def build_bundle_from_embeddings(
     model, metadata = _fit_and_package(
         data.X, data.sku, origin, data.categories(), cfg=cfg, hooks=hooks,
         training={
-            "embeddings": str(embeddings),
+            "embeddings": str(Path(embeddings).resolve()),
             "simulated": data.simulated,
             "embedding_meta": data.meta,
             "excluded_skus": sorted(exclude_skus),
             "n_images": {label: int((origin == label).sum()) for label in ("train", "val") if (origin == label).any()},
         },
     )
-    out = Path(out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    bundle = Bundle(
-        model=model,
-        preprocessing=Preprocessing(),
-        backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
-        metadata=metadata,
-    )
-    _publish(bundle, staging, out, hooks, started)
+    staging = _staging_for(out)
+    try:
+        bundle = Bundle(
+            model=model,
+            preprocessing=Preprocessing(),
+            backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
+            metadata=metadata,
+        )
+        _publish(bundle, staging, out, hooks, started)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return BuildResult(bundle=bundle, seconds=time.perf_counter() - started, cache_hits=0, cache_misses=0)
 
 
@@ -399,6 +535,7 @@ def build_bundle(
     from skuscale.embed.pipeline import embed_paths
 
     started = time.perf_counter()
+    out = check_out_folder(out)
     hooks = progress or BuildProgress()
     cfg = config or TrainingConfig()
     ft = finetune if finetune is not None else FinetuneConfig(epochs=DEFAULT_FINETUNE_EPOCHS)
@@ -422,11 +559,11 @@ def build_bundle(
         from skuscale.edge.sizing import plan_for_device
 
         plan = plan_for_device(device, len(train_ds.skus), backbone=backbone, calibration_paths=train_ds.paths,
-                               step=hooks.step)
+                               sku_names=train_ds.skus, step=hooks.step)
         hooks.step(f"device sizing: {plan.choice.arithmetic()}")
-        if not plan.table_setting_applied:
-            hooks.step("device sizing: the chosen table setting is recorded, NOT applied (the bundle stores dense "
-                       "fp32 tables); check 4 of `skuscale assess` measures the built bundle (docs/edge.md)")
+        if plan.choice.int8:
+            # The quantised bundle is written next to --out first; that must not replace anything of the user's.
+            check_out_folder(out.with_name(out.name + ".int8"), "the INT8 work folder")
         if plan.choice.backbone != backbone:
             backbone = plan.choice.backbone
             net = load_backbone(backbone)
@@ -500,70 +637,71 @@ def build_bundle(
         for sku, cat in ds.categories().items():
             sku_to_category.setdefault(sku, cat)
 
-    out = Path(out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    hooks.step("exporting the backbone to ONNX")
-    onnx_path = export_onnx(net, staging / BACKBONE_FILE, image_size=embedder.preprocessing.image_size)
-    check_paths = train_ds.paths[:: max(1, len(train_ds) // EXPORT_CHECK_IMAGES)][:EXPORT_CHECK_IMAGES]
-    check_batch = preprocess_batch([load_image(p) for p in check_paths], embedder.preprocessing)
-    export_diff = verify_export(net, onnx_path, check_batch)
-    pre_join = {}
-    if pre_join_net is not None:
-        pre_join_path = export_onnx(pre_join_net, staging / PRE_JOIN_BACKBONE_FILE,
-                                    image_size=embedder.preprocessing.image_size)
-        pre_join = {"pre_join_onnx": PRE_JOIN_BACKBONE_FILE,
-                    "pre_join_export_max_abs_diff": verify_export(pre_join_net, pre_join_path, check_batch)}
+    staging = _staging_for(out)
+    try:
+        hooks.step("exporting the backbone to ONNX")
+        onnx_path = export_onnx(net, staging / BACKBONE_FILE, image_size=embedder.preprocessing.image_size)
+        check_paths = train_ds.paths[:: max(1, len(train_ds) // EXPORT_CHECK_IMAGES)][:EXPORT_CHECK_IMAGES]
+        check_batch = preprocess_batch([load_image(p) for p in check_paths], embedder.preprocessing)
+        export_diff = verify_export(net, onnx_path, check_batch)
+        pre_join = {}
+        if pre_join_net is not None:
+            pre_join_path = export_onnx(pre_join_net, staging / PRE_JOIN_BACKBONE_FILE,
+                                        image_size=embedder.preprocessing.image_size)
+            pre_join = {"pre_join_onnx": PRE_JOIN_BACKBONE_FILE,
+                        "pre_join_export_max_abs_diff": verify_export(pre_join_net, pre_join_path, check_batch)}
 
-    model, metadata = _fit_and_package(
-        X, y, origin, sku_to_category, cfg=cfg, hooks=hooks,
-        training={
-            "train": str(train),
-            "val": str(val) if val else None,
-            "reference": str(reference) if reference else None,
-            "excluded_skus": sorted(exclude_skus),
-            "n_images": {label: len(ds) for label, ds in parts},
-            "calibration_carved_from_train": carved,
-            "ood_sentinels": sentinels,
-            "ood_basis": ("sentinels_late_join" if late_join_info else "sentinels") if sentinels else (
-                "finetuned_on_heldout" if finetune_info else "frozen"),
-        },
-        ood_skus=sentinels or None,
-        X_ood=X_ood,
-    )
-    metadata["training"]["finetune"] = finetune_info
-    metadata["training"]["late_join"] = late_join_info
-    if plan is not None:
-        metadata["device_sizing"] = plan.to_dict()
-    digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
-    trained = (origin != "val") | cfg.final_on_calibration
-    bundle = Bundle(
-        training_digests=digests,
-        digest_trained=trained,
-        model=model,
-        preprocessing=embedder.preprocessing,
-        backbone={
-            "name": backbone,
-            "onnx": BACKBONE_FILE,
-            "dim": int(X.shape[1]),
-            "identity": embedder.identity,
-            "export_max_abs_diff": export_diff,
-            "export_check_images": len(check_paths),
-            "finetuned": finetune_info is not None,
-            **pre_join,
-        },
-        metadata=metadata,
-    )
-    _publish(bundle, staging, out, hooks, started)
+        model, metadata = _fit_and_package(
+            X, y, origin, sku_to_category, cfg=cfg, hooks=hooks,
+            training={
+                # Absolute: `skuscale export` reads them back from wherever it runs.
+                "train": str(Path(train).resolve()),
+                "val": str(Path(val).resolve()) if val else None,
+                "reference": str(Path(reference).resolve()) if reference else None,
+                "excluded_skus": sorted(exclude_skus),
+                "n_images": {label: len(ds) for label, ds in parts},
+                "calibration_carved_from_train": carved,
+                "ood_sentinels": sentinels,
+                "ood_basis": ("sentinels_late_join" if late_join_info else "sentinels") if sentinels else (
+                    "finetuned_on_heldout" if finetune_info else "frozen"),
+            },
+            ood_skus=sentinels or None,
+            X_ood=X_ood,
+        )
+        metadata["training"]["finetune"] = finetune_info
+        metadata["training"]["late_join"] = late_join_info
+        if plan is not None:
+            metadata["device_sizing"] = plan.to_dict()
+        digests = image_digests(Path(p).read_bytes() for _, ds in parts for p in ds.paths)
+        trained = (origin != "val") | cfg.final_on_calibration
+        bundle = Bundle(
+            training_digests=digests,
+            digest_trained=trained,
+            model=model,
+            preprocessing=embedder.preprocessing,
+            backbone={
+                "name": backbone,
+                "onnx": BACKBONE_FILE,
+                "dim": int(X.shape[1]),
+                "identity": embedder.identity,
+                "export_max_abs_diff": export_diff,
+                "export_check_images": len(check_paths),
+                "finetuned": finetune_info is not None,
+                **pre_join,
+            },
+            metadata=metadata,
+        )
+        _publish(bundle, staging, out, hooks, started)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if plan is not None and plan.choice.int8:
         from skuscale.edge.export import export_bundle
 
         quantised = out.with_name(out.name + ".int8")
         export_bundle(out, quantised, int8=True, calibration=train, evaluation=val or train, cache_dir=cache_dir,
                       step=hooks.step)
-        shutil.rmtree(out)
-        os.replace(quantised, out)
+        replace_folder(quantised, out)
         bundle = Bundle.load(out)
     return BuildResult(
         bundle=bundle, seconds=time.perf_counter() - started, cache_hits=cache.hits, cache_misses=cache.misses

@@ -206,3 +206,85 @@ def test_no_train_on_val_keeps_validation_images_out_of_the_head(small_real, cac
     assert m["n_seen_in_training"] == 0
     assert m["n_used_for_calibration"] == m["n_items"]
     assert "never trained on them" in " ".join(result.output.split())
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "sku", "category"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("path", "sku", "category")} for r in rows)
+    return path
+
+
+def _train_rows(small_real) -> list[dict]:
+    with open(small_real["train"], newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _build_fails(small_real, cache_dir, out, train, val) -> str:
+    result = runner.invoke(app, ["build", "--finetune-epochs", "0", "--train", str(train), "--val", str(val),
+                                 "--reference", str(small_real["reference"]), "--out", str(out),
+                                 "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    return _squash(result.output)
+
+
+def _squash(text: str) -> str:
+    """Without whitespace: rich wraps long paths at hyphens, too."""
+    return "".join(text.split())
+
+
+def test_build_lists_the_problems_of_every_manifest_in_one_error(small_real, tmp_path, cache_dir):
+    banana = next(r for r in _train_rows(small_real) if r["sku"] == "Banana")
+    train = _write_rows(tmp_path / "train.csv", [*_train_rows(small_real), {
+        **banana, "path": str(tmp_path / "missing-train.jpg")}])
+    val = _write_rows(tmp_path / "val.csv", [*_val_rows(small_real), {
+        **banana, "path": str(tmp_path / "missing-val.jpg")}])
+    text = _build_fails(small_real, cache_dir, tmp_path / "b", train, val)
+    assert "2problem(s)" in text
+    assert _squash(f"--train {train}: line 62: file not found") in text
+    assert _squash(f"--val {val}: line 20: file not found") in text
+
+
+def test_build_rejects_images_in_both_train_and_val(small_real, tmp_path, cache_dir):
+    train_rows = _train_rows(small_real)
+    val = _write_rows(tmp_path / "val.csv", [*_val_rows(small_real), *train_rows[:2]])
+    text = _build_fails(small_real, cache_dir, tmp_path / "b", small_real["train"], val)
+    assert "2problem(s)" in text
+    assert _squash(f"--val {val} line 20: image {train_rows[0]['path']} is also in --train "
+                   f"({small_real['train']} line 2)") in text
+
+
+def test_build_rejects_a_category_that_differs_between_train_and_val(small_real, tmp_path, cache_dir):
+    rows = [{**r, "category": "Dairy"} if r["sku"] == "Red-Beet" else r for r in _val_rows(small_real)]
+    val = _write_rows(tmp_path / "val.csv", rows)
+    train_category = next(r["category"] for r in _train_rows(small_real) if r["sku"] == "Red-Beet")
+    text = _build_fails(small_real, cache_dir, tmp_path / "b", small_real["train"], val)
+    assert _squash(f"SKU 'Red-Beet' has different categories: '{train_category}' in --train {small_real['train']}; "
+                   f"'Dairy' in --val {val}") in text
+
+
+def test_build_rejects_val_skus_without_training_photos(small_real, tmp_path, cache_dir):
+    # The head could never predict them; their photos would poison temperature and thresholds.
+    rows = _val_rows(small_real)
+    photo = tmp_path / "new-juice.jpg"
+    photo.write_bytes(Path(rows[0]["path"]).read_bytes())
+    val = _write_rows(tmp_path / "val.csv", [*rows, {**rows[0], "path": str(photo), "sku": "New-Juice"}])
+    text = _build_fails(small_real, cache_dir, tmp_path / "b", small_real["train"], val)
+    assert _squash("--val has 1 SKU(s) with no training photos: New-Juice") in text
+
+
+def test_bundle_records_absolute_manifest_paths(small_real, cache_dir, bundle_dir, tmp_path, monkeypatch):
+    """`skuscale export` reads the recorded manifests back, from whatever folder it runs in."""
+    monkeypatch.chdir(small_real["root"])
+    out = tmp_path / "b"
+    result = runner.invoke(app, [
+        "build", "--finetune-epochs", "0", "--train", "train.csv", "--val", "val.csv", "--reference",
+        "reference.csv", "--exclude-sku", UNKNOWN_SKU, "--out", str(out), "--cache-dir", str(cache_dir),
+    ])
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / "bundle.json").read_text())["training"]
+    for key in ("train", "val", "reference"):
+        assert training[key] == str(small_real[key].resolve()), key

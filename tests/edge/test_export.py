@@ -203,6 +203,19 @@ def test_export_refuses_same_folder(bundle_dir):
     assert "must differ" in result.output
 
 
+def test_export_library_refuses_to_replace_a_folder_that_is_not_a_bundle(bundle_dir, tmp_path):
+    from skuscale.edge.export import export_bundle
+    from skuscale.exceptions import SkuscaleError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    with pytest.raises(SkuscaleError, match="neither empty nor a skuscale bundle"):
+        export_bundle(bundle_dir, precious)
+    assert (precious / "notes.txt").read_text() == "important"
+    assert not (tmp_path / "precious.partial").exists()
+
+
 def test_build_records_device_sizing(bundle_dir):
     sizing = json.loads((bundle_dir / "bundle.json").read_text())["device_sizing"]
     choice = sizing["choice"]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.cli.paths import os_error_message, output_folder_problem
 from skuscale.exceptions import SkuscaleError
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "skipped": "dim", "error": "bold magenta"}
@@ -49,6 +50,8 @@ def assess(
         usage_error("give exactly one of --train (images) or --embeddings (an embedding file)")
     if embeddings is not None and val is not None:
         usage_error("--val applies to images; an embedding file carries its own split column")
+    if problem := output_folder_problem(out, "--out"):
+        usage_error(problem)
     try:
         cfg = load_config(config)
         profile = load_profile(device) if device else None
@@ -90,7 +93,11 @@ def assess(
     )
     report["seconds_total"] = time.perf_counter() - started
     err.log("writing the report")
-    json_path, html_path = write_report(report, out)
+    try:
+        json_path, html_path = write_report(report, out)
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot write the report: {os_error_message(exc)}", highlight=False)
+        raise typer.Exit(1) from None
 
     table = Table("#", "check", "value", "threshold", "verdict", title=f"readiness of {bundle}")
     for c in report["checks"]:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.cli.paths import os_error_message, output_file_problem
 from skuscale.exceptions import SkuscaleError
 
 console = Console()
@@ -49,6 +50,7 @@ def export(
     cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
 ) -> None:
     """Export BUNDLE for edge devices: one ONNX graph (backbone→bands), optionally INT8 with its per-SKU cost."""
+    from skuscale.build import check_out_folder
     from skuscale.edge.export import export_bundle
 
     if calibration_per_sku < 1 or margin_per_sku < 1:
@@ -60,6 +62,14 @@ def export(
     if not 0.0 < margin_quantile <= 1.0:
         console.print("[bold red]error:[/] --margin-quantile must be in (0, 1]")
         raise typer.Exit(2)
+    try:
+        # Before any work: --out is replaced only when it is empty or an earlier bundle.
+        check_out_folder(out)
+        if report is not None and (problem := output_file_problem(report, "--report")):
+            raise SkuscaleError(problem)
+    except SkuscaleError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     # onnxruntime's quantiser logs pre-processing advice through the root logger.
     logging.getLogger().setLevel(logging.ERROR)
     try:
@@ -74,8 +84,13 @@ def export(
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result, indent=2))
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(result, indent=2))
+        except OSError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] cannot write --report: {os_error_message(exc)}",
+                                       highlight=False)
+            raise typer.Exit(1) from None
     table = Table(title=f"edge bundle {out}", show_header=False)
     for name, size in result["files"].items():
         table.add_row(name, f"{size / 1e6:.2f} MB")

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.cli.paths import os_error_message, output_folder_problem
 from skuscale.exceptions import SkuscaleError
 
 
@@ -71,7 +72,7 @@ def forecast(
     ] = None,
     target_precision: Annotated[float, typer.Option(help="Precision target for automation.")] = 0.99,
     cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.", min=0)] = 0,
 ) -> None:
     """Forecast accuracy against catalogue size from the training data alone; write JSON and HTML."""
     from skuscale.forecast import forecast as run_forecast
@@ -85,6 +86,8 @@ def forecast(
         _fail("--target-precision must be in [0.5, 1)", 2)
     if unknown_share is not None and not 0.0 <= unknown_share < 1.0:
         _fail("--unknown-share must be in [0, 1)", 2)
+    if problem := output_folder_problem(out, "--out"):
+        _fail(problem, 2)
     try:
         data = load_forecast_data(train, val=val, bundle=bundle, cache_dir=cache_dir)
         if pilot_skus is not None:
@@ -94,6 +97,8 @@ def forecast(
         paths = write_report(result, out)
     except (SkuscaleError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(os_error_message(exc))
     at = result["at_target"]
     sim = " [bold yellow](SIMULATED)[/]" if result["simulated"] else ""
     table = Table("", "value", title=f"forecast at {to} SKUs (data: {result['n_skus']} SKUs){sim}")

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.cli.paths import os_error_message, output_file_problem, output_folder_problem
 from skuscale.embed.finetune_config import DEFAULT_FINETUNE_EPOCHS, FinetuneConfig
 from skuscale.exceptions import SkuscaleError
 
@@ -71,8 +72,8 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(help=HELP["cache_dir"])] = None,
     target_precision: Annotated[float, typer.Option(help="Per-SKU auto-accept precision target.")] = 0.99,
     ood_flag_rate: Annotated[float, typer.Option(help="Share of known items the OOD stage may flag.")] = 0.05,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for folds and held-out SKUs.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for folds and held-out SKUs.", min=0)] = 0,
     train_on_val: Annotated[bool, typer.Option(help=HELP["train_on_val"])] = True,
     device: Annotated[str | None, typer.Option(help="Device profile (name or YAML): size backbone, INT8 and class "
                                                "tables for its lowest tier before training (docs/edge.md).")] = None,
@@ -107,7 +108,7 @@ def build(
              "Measure it from the review queue.")] = 0.02,
 ) -> None:
     """Build a bundle: validate, embed (cached), export ONNX, fit head/calibration/OOD/routing."""
-    from skuscale.build import build_bundle
+    from skuscale.build import build_bundle, check_out_folder
     from skuscale.cli.progress import RichBuildProgress
     from skuscale.training import TrainingConfig
 
@@ -137,6 +138,11 @@ def build(
         fail(f"fine-tuning settings: {exc}", 2)
     if not 0.0 < unknown_share < 0.5:
         fail("--unknown-share must be in (0, 0.5)", 2)
+    try:
+        # Before any work: --out is replaced only when it is empty or an earlier bundle.
+        check_out_folder(out)
+    except SkuscaleError as exc:
+        fail(str(exc), 2)
     config = TrainingConfig(
         target_precision=target_precision, ood_flag_rate=ood_flag_rate, seed=seed, final_on_calibration=train_on_val,
         unknown_share=unknown_share,
@@ -156,6 +162,8 @@ def build(
             )
     except SkuscaleError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"build failed: {os_error_message(exc)}")
     b = result.bundle
     build_info = b.metadata["build"]
     cv = build_info["crossval"]
@@ -255,6 +263,8 @@ def evaluate(
 
     if (data is None) == (embeddings is None):
         fail("give exactly one of --data (images) or --embeddings (an embedding file)", 2)
+    if json_out is not None and (problem := output_file_problem(json_out, "--json")):
+        fail(problem, 2)
     try:
         b = Bundle.load(bundle)
         if embeddings is not None:
@@ -265,9 +275,6 @@ def evaluate(
                 metrics = evaluate_bundle(b, data, progress=lambda n: bar.advance(task, n))
     except (SkuscaleError, ValueError) as exc:
         fail(str(exc))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(metrics, indent=2))
     simulated = " [bold yellow](SIMULATED)[/]" if metrics.get("simulated") else ""
     table = Table("metric", "value", title=f"{bundle} on {data or embeddings}{simulated}")
     for key in ("n_items", "n_known", "n_unknown", "top1", "coarse_top1", "automation_rate", "auto_precision",
@@ -287,6 +294,13 @@ def evaluate(
             f"[yellow]note:[/] {metrics['n_used_for_calibration']} of {metrics['n_items']} images calibrated this "
             "bundle (temperature, thresholds, OOD cut-off); the head never trained on them."
         )
+    if json_out:
+        # Last, so that the metrics are on screen even when the file cannot be written.
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(metrics, indent=2))
+        except OSError as exc:
+            fail(f"cannot write --json: {os_error_message(exc)}")
 
 
 @app.command()
@@ -298,11 +312,15 @@ def demo(
     """Simulated pilot (800 SKUs) to rollout (2,000 SKUs) story, or real images with --data."""
     from skuscale import demo as demo_module
 
+    if problem := output_folder_problem(out, "--out"):
+        fail(problem, 2)
     args = ["--out", str(out), "--scale", str(scale)] + (["--data", str(data)] if data else [])
     try:
         code = demo_module.main(args)
     except SkuscaleError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(os_error_message(exc))
     raise typer.Exit(code)
 
 

@@ -7,12 +7,14 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+#: uvicorn's log levels (``uvicorn.config.LOG_LEVELS``), listed here so that the CLI need not import uvicorn.
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -41,7 +43,7 @@ def serve(
         str | None, typer.Option(help="Database URL (default: SQLite in --data-dir; postgresql+psycopg://...).")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     data_dir: Annotated[
         Path | None,
@@ -50,7 +52,7 @@ def serve(
     reference: Annotated[
         Path | None, typer.Option(help="Reference manifest (path,sku) whose pack shots the review page shows.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level.", case_sensitive=False)] = "info",
 ) -> None:
     """Serve BUNDLE over HTTP: /v1 recognition, review queue, enrolment, webhooks, /metrics, /review.
 

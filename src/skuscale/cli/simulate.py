@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skuscale.cli.paths import os_error_message, output_file_problem
 from skuscale.exceptions import SkuscaleError
 
 PRESETS = ("pilot", "rollout")
@@ -46,7 +47,7 @@ def simulate(
     match_accuracy: Annotated[bool, typer.Option(
         help="With --from: set the spread so the simulation is as hard as the file's val split (proxy top-1).")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.", min=0)] = 0,
 ) -> None:
     """Simulate a catalogue in embedding space; the file feeds build/evaluate/assess/forecast --embeddings."""
     from skuscale.data.embeddings import load_embeddings, save_embeddings
@@ -59,6 +60,8 @@ def simulate(
         _fail("give at most one of --preset and --from", 2)
     if match_accuracy and fit is None:
         _fail("--match-accuracy needs --from", 2)
+    if problem := output_file_problem(out, "--out"):
+        _fail(problem, 2)
     given = {
         "n_skus": n_skus, "dim": dim, "family_size": family_size, "family_similarity": family_similarity,
         "background_similarity": background_similarity, "within_spread": within_spread,
@@ -80,6 +83,8 @@ def simulate(
         save_embeddings(out, data)
     except (SkuscaleError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write --out: {os_error_message(exc)}")
     table = Table("parameter", "value", title=f"[bold yellow]SIMULATED[/] catalogue {out}")
     for key, value in params.to_dict().items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))

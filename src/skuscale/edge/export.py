@@ -52,7 +52,7 @@ def spread_sample(ds: Dataset, per_sku: int) -> list[Path]:
 
 def _recorded_manifest(bundle: Bundle, key: str) -> Path | None:
     value = (bundle.metadata.get("training") or {}).get(key)
-    if value and Path(value).is_file():
+    if value and Path(value).exists():  # a manifest or an image folder
         return Path(value)
     return None
 
@@ -135,9 +135,12 @@ def export_bundle(
 
     say = step or (lambda message: None)
     started = time.perf_counter()
+    from skuscale.build import check_out_folder, replace_folder
+
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise SkuscaleError("--out must differ from the source bundle")
+    out = check_out_folder(out)
     bundle = Bundle.load(src)
     if not bundle.backbone.get("onnx"):
         raise SkuscaleError(f"bundle {src} has no image backbone (built from embeddings); nothing to export")
@@ -268,12 +271,10 @@ def export_bundle(
         }
         report["pipeline_check"] = check
         edge.save(staging)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
     report["out"] = str(out)
     report["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     report["seconds"] = time.perf_counter() - started
