@@ -125,6 +125,15 @@ def db_config(request, tmp_path):
         drop()
 
 
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL; the test is skipped without one (CI has one)."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} is not set (CI sets it and runs these against PostgreSQL)")
+    return url
+
+
 def make_settings(serve_bundle, data_dir: Path, **overrides) -> ServeSettings:
     values = {
         "bundle": serve_bundle["bundle"],

@@ -213,3 +213,30 @@ def test_client_recognize_and_wait_final(server, tmp_path):
     with Client(server.url) as anon, pytest.raises(ServiceError) as err:
         anon.recognize(path)
     assert err.value.status_code == 401
+
+
+def test_request_methods_outside_the_standard_set_share_one_label(server):
+    with server.client(DEVICE_TOKEN) as c:
+        for method in ("FOO", "BAR-1", "PROPFIND"):  # any token is a valid method name in HTTP
+            assert c.request(method, "/healthz").status_code == 405
+        assert c.request("PATCH", "/v1/catalogue").status_code == 405
+        samples = metric_samples(c, "skuscale_request_duration_seconds_count")
+    methods = {dict(labels)["method"] for labels in samples}
+    assert methods <= {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other"}
+    assert samples[(("method", "other"), ("route", "/healthz"), ("status", "405"))] == 3
+    assert samples[(("method", "PATCH"), ("route", "/v1/catalogue"), ("status", "405"))] == 1
+
+
+def test_reference_image_of_a_sku_with_a_slash(server):
+    data = image_bytes("val", "Banana", 1)
+    with server.client(REVIEWER_TOKEN) as rev:
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Fruit/Veg Mix"}, files={"files": ("a.jpg", data)})
+        assert r.status_code == 200, r.text
+        for url in ("/v1/catalogue/Fruit/Veg Mix/image", "/v1/catalogue/Fruit%2FVeg%20Mix/image"):
+            r = rev.get(url)
+            assert r.status_code == 200 and r.content == data, url
+            assert r.headers["content-type"] == "image/jpeg"
+        assert rev.get("/v1/catalogue/Fruit/Other/image").status_code == 404
+        assert rev.get("/v1/catalogue/Banana/image").status_code == 200
+        route = {dict(k)["route"] for k in metric_samples(rev, "skuscale_request_duration_seconds_count")}
+        assert "/v1/catalogue/{sku:path}/image" in route

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+
+import numpy as np
 import pytest
 
+from skuscale.serve import repository as repo
 from tests.conftest import GROCERY
 from tests.serve.conftest import (
     BUNDLE_SKUS,
@@ -101,3 +106,80 @@ def test_enrolled_sku_backs_off_to_router_threshold(make_server):
         r = rev.post("/v1/catalogue/enrol", data={"sku": "Some-New-Thing"},
                      files={"files": ("a.jpg", held_out_paths("train")[0].read_bytes())})
         assert r.json()["threshold"] == pytest.approx(table.global_)
+
+
+def _embedding(srv, data: bytes):
+    rec = srv.app.state.recognizer
+    return rec.embed([rec.decode(data, max_bytes=10**8, max_pixels=10**9)])
+
+
+def test_start_skips_stored_enrolments_that_no_longer_fit_the_bundle(make_server, tmp_path, caplog):
+    """A newer bundle may own a SKU that was enrolled before, or use another backbone: start anyway."""
+    data_dir = tmp_path / "data"
+    srv = make_server(data_dir)
+    data = image_bytes("val", "Banana", 1)
+    with srv.client(REVIEWER_TOKEN) as rev:
+        assert rev.post("/v1/catalogue/enrol", data={"sku": "Early-SKU"},
+                        files={"files": ("a.jpg", data)}).status_code == 200
+    X = _embedding(srv, data)
+    with srv.app.state.sessionmaker() as session:
+        # As if enrolled while the bundle did not have Red-Beet, and under another backbone.
+        owned = repo.add_enrolment(session, "Red-Beet", "Roots", X, []).id
+        session.commit()
+        other_dim = repo.add_enrolment(session, "Other-Backbone", None, np.ones((2, X.shape[1] + 3)), []).id
+        session.commit()
+        later = repo.add_enrolment(session, "Later-SKU", None, X, []).id
+        session.commit()
+    srv.stop()
+
+    caplog.set_level(logging.WARNING, logger="skuscale.serve")
+    srv2 = make_server(data_dir)
+    assert srv2.app.state.recognizer.applied_enrolment_id == later
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"enrolment {owned} of 'Red-Beet'" in w and "bundle" in w for w in warnings), warnings
+    assert any(f"enrolment {other_dim} of 'Other-Backbone'" in w and "dimension" in w for w in warnings), warnings
+    with srv2.client(REVIEWER_TOKEN) as rev:
+        cat = {s["sku"]: s for s in rev.get("/v1/catalogue").json()["skus"]}
+        assert set(cat) == set(BUNDLE_SKUS) | {"Early-SKU", "Later-SKU"}
+        assert cat["Red-Beet"]["enrolled"] is False and cat["Red-Beet"]["category"] != "Roots"
+        assert cat["Early-SKU"]["enrolled"] and cat["Later-SKU"]["enrolled"]
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Newest-SKU"}, files={"files": ("a.jpg", data)})
+        assert r.status_code == 200 and r.json()["n_skus"] == len(BUNDLE_SKUS) + 3
+        assert rev.post("/v1/recognize", files={"file": ("x.jpg", data)}).status_code == 200
+
+
+def test_enrolment_committed_late_is_not_missed_by_other_workers(make_server, tmp_path, db_config):
+    """Enrolment ids become visible in id order, so a worker that has applied id n never misses a lower id.
+
+    On PostgreSQL a sequence hands out ids at insert: without serialising the enrolling
+    transactions, a later enrolment could commit (and be applied by another worker)
+    before an earlier id commits, and the earlier one would then be skipped until restart.
+    """
+    shared = db_config or {"db_url": f"sqlite:///{tmp_path / 'shared.db'}"}
+    a = make_server(tmp_path / "a", **shared)
+    c = make_server(tmp_path / "c", **shared)
+    data = image_bytes("val", "Banana", 1)
+    slow = a.app.state.sessionmaker()
+    try:
+        repo.add_enrolment(slow, "Slow-SKU", None, _embedding(a, data), [])  # not committed yet
+        answers = []
+
+        def enrol_fast():
+            with a.client(REVIEWER_TOKEN) as rev:
+                answers.append(rev.post("/v1/catalogue/enrol", data={"sku": "Fast-SKU"},
+                                        files={"files": ("a.jpg", data)}))
+
+        fast = threading.Thread(target=enrol_fast)
+        fast.start()
+        fast.join(1.5)  # with the fix it waits for the slow transaction
+        with c.client(DEVICE_TOKEN) as dev:
+            dev.get("/v1/catalogue")  # worker c catches up with what is committed now
+        slow.commit()
+    finally:
+        slow.close()
+    fast.join(60)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    for srv in (c, a):
+        with srv.client(DEVICE_TOKEN) as dev:
+            enrolled = {s["sku"] for s in dev.get("/v1/catalogue").json()["skus"] if s["enrolled"]}
+        assert enrolled == {"Slow-SKU", "Fast-SKU"}, (srv.url, enrolled)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import select
+import socket
 
 import pytest
 from PIL import Image
@@ -114,3 +117,176 @@ def test_token_keys_must_be_hashes():
 
     with pytest.raises(ValidationError):
         ServeSettings(bundle="x", tokens={"plain-token": "device"})
+
+
+# ------------------------------------------------------------------------- bodies before auth and size checks
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _answer_before_body_ends(server, head: str, chunks=(), *, wait: float = 10.0) -> tuple[int | None, int]:
+    """Send a request head, then body pieces until the server answers; never finish the body.
+
+    Returns the answer's status (None if none came within ``wait`` seconds: the server is
+    still waiting for the body) and how many body bytes were sent.
+    """
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=wait)
+    try:
+        sock.sendall(head.encode())
+        sent = 0
+        for piece in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered already
+            try:
+                sock.settimeout(2.0)
+                sock.sendall(piece)
+            except OSError:  # the server stopped reading (or closed): its answer is what counts
+                break
+            sent += len(piece)
+        sock.settimeout(wait)
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            return None, sent
+        except ConnectionResetError:
+            data = b""
+        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+        return status, sent
+    finally:
+        sock.close()
+
+
+MULTIPART_HEAD = (
+    b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+    b"Content-Type: image/jpeg\r\n\r\n"
+)
+
+
+def _head(path: str, headers: dict[str, str]) -> str:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def test_unauthenticated_requests_are_refused_before_their_body_is_read(server):
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    # A chunked upload (no Content-Length) to an image route: answered after its first chunk.
+    head = _head("/v1/recognize", {**multipart, "Transfer-Encoding": "chunked"})
+    status, _ = _answer_before_body_ends(server, head, [_chunk(MULTIPART_HEAD + b"\0" * 65536)])
+    assert status == 401, "the server waited for the body of an unauthenticated upload"
+    # A 400 MB JSON body to a JSON route, and a wrong token: answered with the body unsent.
+    head = _head("/v1/feedback", {"Content-Type": "application/json", "Content-Length": str(400 << 20)})
+    assert _answer_before_body_ends(server, head, [b'{"event_id": "' + b"a" * 1024])[0] == 401
+    head = _head("/v1/catalogue/enrol", {**multipart, "Content-Length": str(300 << 20),
+                                         "Authorization": "Bearer not-a-token"})
+    assert _answer_before_body_ends(server, head, [MULTIPART_HEAD])[0] == 401
+    # Open routes and unknown paths are not affected.
+    with server.client() as anon:
+        assert anon.get("/healthz").status_code == 200
+        assert anon.post("/v1/no-such-route", content=b"x").status_code == 404
+        r = anon.post("/v1/feedback", json={"event_id": "x", "sku": "Banana"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_bodies_are_capped_as_they_arrive(make_server):
+    srv = make_server(max_image_bytes=100_000)
+    megabyte = [_chunk(b"\0" * 65536)] * 32
+    # Chunked, so no Content-Length to check: the byte count as the body arrives stops it.
+    head = _head("/v1/recognize", {"Content-Type": "multipart/form-data; boundary=xyz",
+                                   "Transfer-Encoding": "chunked", "Authorization": f"Bearer {DEVICE_TOKEN}"})
+    status, sent = _answer_before_body_ends(srv, head, [_chunk(MULTIPART_HEAD), *megabyte * 2])
+    assert status == 413, f"no 413 after {sent} bytes of a 100 kB-image route"
+    head = _head("/v1/feedback", {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                  "Authorization": f"Bearer {REVIEWER_TOKEN}"})
+    status, sent = _answer_before_body_ends(srv, head, [_chunk(b'{"event_id": "'), *megabyte * 2])
+    assert status == 413, f"no 413 after {sent} bytes of JSON"
+    # A JSON route's declared Content-Length over 1 MiB is refused before any byte is sent.
+    head = _head("/v1/feedback", {"Content-Type": "application/json", "Content-Length": str(2 << 20),
+                                  "Authorization": f"Bearer {REVIEWER_TOKEN}"})
+    assert _answer_before_body_ends(srv, head)[0] == 413
+    with srv.client(REVIEWER_TOKEN) as rev:
+        r = rev.post("/v1/webhooks", content=b'{"url": "' + b"a" * (2 << 20) + b'"}',
+                     headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        # Normal requests still work, and nothing was stored.
+        assert rev.post("/v1/recognize", files={"file": ("x.jpg", _jpeg(64, 48))}).status_code == 200
+        assert rev.get("/v1/review").json()["total"] == 1 and rev.get("/readyz").status_code == 200
+
+
+# ------------------------------------------------------------------------- text a database cannot store
+def test_nul_and_unpaired_surrogates_get_422_and_store_nothing(server):
+    with server.client(DEVICE_TOKEN) as dev, server.client(REVIEWER_TOKEN) as rev:
+        eid = dev.post("/v1/recognize", files={"file": ("x.jpg", image_bytes())}).json()["event_id"]
+        hook = {"url": "http://127.0.0.1:9/hook"}
+        requests = [
+            ("GET", "/v1/events/%00", None),
+            ("GET", "/v1/events/%00/image", None),
+            ("GET", "/v1/review?sku=%00", None),
+            ("GET", "/v1/review?category=a%00b", None),
+            ("GET", "/v1/catalogue/a%00/image", None),
+            ("DELETE", "/v1/webhooks/%00", None),
+            ("POST", "/v1/review/%00/resolve", {"decision": "not_a_product"}),
+            ("POST", f"/v1/review/{eid}/resolve", {"decision": "sku", "sku": "Ban\x00"}),
+            ("POST", f"/v1/review/{eid}/resolve", {"decision": "\udc80"}),  # echoed in the 422
+            ("POST", "/v1/feedback", {"event_id": eid, "sku": "a\x00b"}),
+            ("POST", "/v1/feedback", {"event_id": "\x00", "sku": "Banana"}),
+            ("POST", "/v1/feedback", {"event_id": eid, "sku": "Banana", "source": "x\x00"}),
+            ("POST", "/v1/feedback", {"event_id": eid, "sku": "\ud800"}),
+            ("POST", "/v1/feedback", {"event_id": eid, "sku": "Banana", "source": "\udfff"}),
+            ("POST", "/v1/webhooks", {**hook, "secret": "s" * 16 + "\x00"}),
+            ("POST", "/v1/webhooks", {**hook, "secret": "s" * 16 + "\ud800"}),
+        ]
+        for method, url, body in requests:
+            # json.dumps escapes an unpaired surrogate as \\ud800, as any JSON client may send it.
+            content = None if body is None else json.dumps(body)
+            r = rev.request(method, url, content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (method, url, body, r.status_code, r.text)
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "New-One", "event_ids": ["\x00"]},
+                     files={"files": ("a.jpg", image_bytes())})
+        assert r.status_code == 422, r.text
+        r = rev.get("/review?sku=%00", headers={"Cookie": f"skuscale_token={REVIEWER_TOKEN}"})
+        assert r.status_code == 422
+        # Nothing was stored, and the service is healthy.
+        assert rev.get("/v1/review").json()["total"] == 1
+        assert rev.get(f"/v1/events/{eid}").json()["status"] == "pending"
+        assert rev.get("/v1/webhooks").json()["webhooks"] == []
+        assert "New-One" not in {s["sku"] for s in rev.get("/v1/catalogue").json()["skus"]}
+        assert rev.post("/v1/feedback", json={"event_id": eid, "sku": "Banana"}).status_code == 200
+        assert rev.get("/readyz").status_code == 200
+
+
+def test_out_of_range_offset_gets_422(server):
+    with server.client(REVIEWER_TOKEN) as rev:
+        for offset in (2**63, 2**31, -1):
+            r = rev.get(f"/v1/review?offset={offset}")
+            assert r.status_code == 422, (offset, r.text)
+        r = rev.get(f"/v1/review?offset={2**31 - 1}&status=all")
+        assert r.status_code == 200 and r.json()["items"] == []
+
+
+def test_webhook_url_longer_than_its_column_gets_422(server):
+    with server.client(REVIEWER_TOKEN) as rev:
+        base = "http://example.com/"
+        for n in (2001, 2083):
+            r = rev.post("/v1/webhooks", json={"url": base + "a" * (n - len(base))})
+            assert r.status_code == 422, (n, r.text)
+        r = rev.post("/v1/webhooks", json={"url": base + "a" * (2000 - len(base))})
+        assert r.status_code == 201 and len(r.json()["url"]) == 2000
+        assert len(rev.get("/v1/webhooks").json()["webhooks"]) == 1
+        assert rev.get("/readyz").status_code == 200
+
+
+def test_a_value_the_database_refuses_gets_422(server, monkeypatch):
+    """The safety net behind the validation: a DataError (e.g. PostgreSQL refusing a value) is the request's fault."""
+    from sqlalchemy.exc import DataError
+
+    from skuscale.serve import repository as repo
+
+    def refuse(*args, **kwargs):
+        raise DataError("SELECT ...", {}, ValueError("value too long for type character varying(32)"))
+
+    monkeypatch.setattr(repo, "list_review", refuse)
+    with server.client(REVIEWER_TOKEN) as rev:
+        r = rev.get("/v1/review")
+        assert r.status_code == 422 and "database" in r.json()["detail"]
+        monkeypatch.undo()
+        assert rev.get("/v1/review").status_code == 200

@@ -193,3 +193,55 @@ def test_label_feed_loses_nothing_when_a_read_fails_half_way(tmp_path):
         with pytest.raises(sa.exc.OperationalError):
             feed.read(DropsSecondQuery())
         assert feed.read(s) == [("b", True)]
+
+
+def test_workers_starting_together_create_a_new_schema_once(postgres_url):
+    """``migrate`` takes its advisory lock before ``CREATE SCHEMA IF NOT EXISTS`` (not safe on its own).
+
+    Another worker is mid-way through creating the schema (lock held, schema created,
+    not committed yet) when this one starts: this one must wait for it, then find the
+    schema, instead of failing on pg_namespace's unique index.
+    """
+    import threading
+    import time
+    import uuid
+
+    from skuscale.serve.db import MIGRATE_LOCK
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(postgres_url)
+    worker = make_engine(postgres_url, schema=schema)
+    errors: list[BaseException] = []
+
+    def start_worker():
+        try:
+            migrate(worker, schema=schema)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() "
+        "AND (query ILIKE '%pg_advisory_xact_lock%' OR query ILIKE '%CREATE SCHEMA%')"
+    )
+    try:
+        with admin.connect() as other, admin.connect() as probe:
+            with other.begin():
+                other.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})"))
+                other.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+                thread = threading.Thread(target=start_worker)
+                thread.start()
+                deadline = time.monotonic() + 20
+                while not probe.execute(waiting).scalar() and time.monotonic() < deadline:
+                    probe.rollback()
+                    time.sleep(0.05)
+                assert time.monotonic() < deadline, "the starting worker never waited for the other one"
+            thread.join(60)
+        assert not errors, errors
+        with worker.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() is not None
+            assert conn.execute(sa.text("SELECT current_schema()")).scalar() == schema
+    finally:
+        worker.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

@@ -7,9 +7,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
+import sqlalchemy as sa
 
 from skuscale.client import SIGNATURE_HEADER, verify_signature
+from skuscale.serve.db import OutboxMessage
 from tests.serve.conftest import DEVICE_TOKEN, REVIEWER_TOKEN, _free_port, image_bytes
 
 pytestmark = pytest.mark.slow
@@ -149,3 +152,41 @@ def test_accepted_event_is_final_at_once_and_announced(make_server):
             assert f'skuscale_feedback_total{{outcome="incorrect",sku="{HELD_OUT}"}} 1.0' in dev.get("/metrics").text
     finally:
         receiver.close()
+
+
+def test_deleted_webhook_gets_no_more_deliveries(make_server):
+    srv = make_server(webhook_workers=False)  # deliveries are driven by hand below
+    worker = srv.app.state.worker
+    calls: list[str] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(500)  # every attempt fails, so every message stays due for a retry
+
+    def resolve(dev, rev) -> None:
+        ev = dev.post("/v1/recognize", files={"file": ("x.jpg", image_bytes())}).json()
+        assert rev.post(f"/v1/review/{ev['event_id']}/resolve", json={"decision": "not_a_product"}).status_code == 200
+
+    with httpx.Client(transport=httpx.MockTransport(receive)) as client, \
+            srv.client(DEVICE_TOKEN) as dev, srv.client(REVIEWER_TOKEN) as rev:
+        gone = rev.post("/v1/webhooks", json={"url": "http://receiver.invalid/gone"}).json()
+        rev.post("/v1/webhooks", json={"url": "http://receiver.invalid/kept"})
+        resolve(dev, rev)
+        worker.deliver_due(client)
+        assert sorted(calls) == ["/gone", "/kept"]  # both failed: retries are due in 0.2 s
+        resolve(dev, rev)  # a second message for each, not tried yet
+        r = rev.delete(f"/v1/webhooks/{gone['id']}")
+        assert r.status_code == 200 and r.json()["active"] is False
+        resolve(dev, rev)  # after the deletion: for the kept webhook only
+        calls.clear()
+        time.sleep(0.5)
+        worker.deliver_due(client)
+        assert sorted(calls) == ["/kept"] * 3, calls
+        assert rev.delete("/v1/webhooks/no-such-hook").status_code == 404
+    with srv.app.state.sessionmaker() as session:
+        rows = session.execute(
+            sa.select(OutboxMessage.webhook_id, OutboxMessage.status, OutboxMessage.attempts)
+        ).all()
+    gone_rows = [(status, attempts) for hook, status, attempts in rows if hook == gone["id"]]
+    assert sorted(gone_rows) == [("cancelled", 0), ("cancelled", 1)]
+    assert sum(hook != gone["id"] and status == "pending" for hook, status, _ in rows) == 3

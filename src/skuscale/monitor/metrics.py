@@ -1,8 +1,8 @@
 """Prometheus metrics of the recognition service, on the app's own ``CollectorRegistry``.
 
-Label values are only ever catalogue SKUs, bands, outcomes and route templates: free
-text from requests never becomes a label (that would let a client blow up the
-number of series).
+Label values are only ever catalogue SKUs, bands, outcomes, route templates and a fixed
+set of HTTP methods (:func:`skuscale.serve.guard.method_label`): free text from requests
+never becomes a label (that would let a client blow up the number of series).
 
 With several worker processes (``skuscale serve --workers N``, or any server that sets
 ``PROMETHEUS_MULTIPROC_DIR``), counters, histograms and gauges are written to files in

@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import logging
 import re
 import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-from pydantic import BaseModel, Field, HttpUrl, model_validator
+from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from skuscale import __version__
 from skuscale.exceptions import ImageError, ImageTooLargeError
 from skuscale.monitor.accuracy import RollingAccuracy
 from skuscale.monitor.metrics import ServiceMetrics
 from skuscale.serve import repository as repo
-from skuscale.serve.auth import COOKIE, identify, require
-from skuscale.serve.db import make_engine, make_sessionmaker, migrate
+from skuscale.serve.auth import COOKIE, bearer_token, identify, require
+from skuscale.serve.db import WEBHOOK_URL_LENGTH, make_engine, make_sessionmaker, migrate
+from skuscale.serve.guard import RequestGuard
 from skuscale.serve.images import ImageStore
 from skuscale.serve.recognizer import Recognizer
 from skuscale.serve.settings import ServeSettings
@@ -41,13 +45,39 @@ log = logging.getLogger("skuscale.serve")
 SKU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,'&()+/-]{0,126}$")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 MULTIPART_SLACK = 64 * 1024
+#: Largest body of every route that takes no images (JSON bodies, the login form).
+JSON_BODY_LIMIT = 1024 * 1024
+#: Largest ``offset`` of the review queue (keeps it within every database's integer range).
+MAX_OFFSET = 2**31 - 1
 
 device = require("device")
 reviewer = require("reviewer")
 
 
 # ------------------------------------------------------------------------- request bodies
-class ResolveBody(BaseModel):
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text (a NUL, an unpaired surrogate), or None."""
+    if "\x00" in value:
+        return "NUL characters are not allowed"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unpaired surrogates are not allowed"
+    return None
+
+
+class Body(BaseModel):
+    """A JSON request body: no string field may hold text that a database cannot store."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value):
+        if isinstance(value, str) and (problem := text_problem(value)):
+            raise ValueError(problem)
+        return value
+
+
+class ResolveBody(Body):
     decision: Literal["sku", "new_product", "not_a_product"]
     sku: str | None = Field(default=None, max_length=128, description="Catalogue SKU (decision 'sku').")
     proposed_sku: str | None = Field(default=None, max_length=128, description="New SKU name ('new_product').")
@@ -61,7 +91,7 @@ class ResolveBody(BaseModel):
         return self
 
 
-class FeedbackBody(BaseModel):
+class FeedbackBody(Body):
     event_id: str = Field(max_length=32)
     sku: str | None = Field(default=None, max_length=200, description="The true SKU.")
     not_a_product: bool = False
@@ -74,9 +104,17 @@ class FeedbackBody(BaseModel):
         return self
 
 
-class WebhookBody(BaseModel):
-    url: HttpUrl
+class WebhookBody(Body):
+    url: HttpUrl = Field(description=f"Receiver URL, at most {WEBHOOK_URL_LENGTH} characters.")
     secret: str | None = Field(default=None, min_length=16, max_length=128)
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _url_fits(cls, value: HttpUrl) -> HttpUrl:
+        # Checked on the normalised form: that is what is stored.
+        if len(str(value)) > WEBHOOK_URL_LENGTH:
+            raise ValueError(f"URL longer than {WEBHOOK_URL_LENGTH} characters")
+        return value
 
 
 # ------------------------------------------------------------------------- helpers
@@ -155,7 +193,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                 return
             with enrol_lock:
                 for eid, sku, category, X in repo.enrolments_after(session, recognizer.applied_enrolment_id):
-                    recognizer.enrol(sku, X, category, enrolment_id=eid)
+                    skipped = recognizer.apply_enrolment(eid, sku, X, category)
+                    if skipped:
+                        log.warning("enrolment %d of %r not applied: %s", eid, sku, skipped)
 
     sync_enrolments()
 
@@ -214,32 +254,40 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     app.state.store = store
     app.state.worker = worker
 
-    body_limits = {
+    image_body_limits = {
         "/v1/recognize": settings.max_image_bytes + MULTIPART_SLACK,
         "/v1/recognize/batch": settings.max_image_bytes * settings.max_batch + MULTIPART_SLACK,
         "/v1/catalogue/enrol": settings.max_image_bytes * settings.max_enrol_images + MULTIPART_SLACK,
     }
 
-    @app.middleware("http")
-    async def observe_latency(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            limit = body_limits.get(request.url.path) if request.method == "POST" else None
-            length = request.headers.get("content-length", "")
-            if limit is not None and length.isdigit() and int(length) > limit:
-                # Refuse before the multipart parser spools an oversized body to disk.
-                status = 413
-                return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, 413)
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            metrics.latency.labels(method=request.method, route=template, status=str(status)).observe(
-                time.perf_counter() - start
-            )
+    def body_limit(method: str, path: str) -> int:
+        return (image_body_limits.get(path) if method == "POST" else None) or JSON_BODY_LIMIT
+
+    def authenticated(request: Request) -> bool:
+        return identify(bearer_token(request), settings.tokens) is not None
+
+    def observe(method: str, route: str, status: int, seconds: float) -> None:
+        metrics.latency.labels(method=method, route=route, status=str(status)).observe(seconds)
+
+    # Every /v1 route needs a token: unauthenticated requests are answered before their body is read.
+    app.add_middleware(
+        RequestGuard, routes=app.router.routes, body_limit=body_limit,
+        protected=lambda path: path.startswith("/v1/"), authenticated=authenticated, observe=observe,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes the input as UTF-8 and fails (500) on an unpaired surrogate,
+        # which a JSON body may carry ("\ud800"): this one escapes non-ASCII instead.
+        content = json.dumps({"detail": jsonable_encoder(exc.errors())})
+        return Response(content, 422, media_type="application/json")
+
+    @app.exception_handler(DataError)
+    async def database_rejected_value(request: Request, exc: DataError):
+        # A value the database cannot store or compare (validation should have caught it first).
+        reason = (str(exc.orig).splitlines() or [""])[0]
+        log.warning("database rejected a request value on %s: %s", request.scope.get("path"), reason)
+        return JSONResponse({"detail": "a value in the request is not acceptable to the database"}, 422)
 
     # --------------------------------------------------------------------- recognition
     def _recognize(blobs: list[bytes]) -> list[dict]:
@@ -259,10 +307,11 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         sync_enrolments()
         recs = recognizer.recognize(recognizer.embed(images))
         shas = [store.put(data) if rec.band != "accept" else None for rec, data in zip(recs, blobs, strict=True)]
+        sizes = {sha: len(data) for sha, data in zip(shas, blobs, strict=True) if sha is not None}
         with Session() as session:
-            for sha, data in zip(shas, blobs, strict=True):
-                if sha is not None:
-                    repo.ensure_image(session, sha, store.relative_path(sha), len(data))
+            # Sorted, so two batches holding the same images cannot lock them in opposite orders (deadlock).
+            for sha in sorted(sizes):
+                repo.ensure_image(session, sha, store.relative_path(sha), sizes[sha])
             events = [repo.add_event(session, rec, sha) for rec, sha in zip(recs, shas, strict=True)]
             session.commit()
             out = [repo.event_dict(ev) for ev in events]
@@ -312,7 +361,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         category: str | None = None,
         status: Literal["pending", "final", "all"] = "pending",
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict:
         """Review items (``verify`` and ``unknown`` events), oldest first."""
         with Session() as session:
@@ -383,7 +432,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             ],
         }
 
-    @app.get("/v1/catalogue/{sku}/image", tags=["catalogue"], dependencies=[Depends(reviewer)])
+    # ``:path``: a SKU name may contain "/" (SKU_NAME allows it).
+    @app.get("/v1/catalogue/{sku:path}/image", tags=["catalogue"], dependencies=[Depends(reviewer)])
     def reference_image(sku: str):
         """A reference image of a SKU: its pack shot, or the first image it was enrolled from."""
         if sku in references and references[sku].is_file():
@@ -413,6 +463,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             raise HTTPException(409, f"{sku!r} is in the bundle's catalogue already")
         files = files or []
         event_ids = event_ids or []
+        for eid in event_ids:
+            if problem := text_problem(eid):
+                raise HTTPException(422, f"event_ids: {problem}")
         if len(files) + len(event_ids) > settings.max_enrol_images:
             raise HTTPException(413, f"at most {settings.max_enrol_images} images per enrolment")
         blobs = [_read_upload(f, settings.max_image_bytes) for f in files]
@@ -439,6 +492,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         X = recognizer.embed(images)
         shas = [store.put(data) for data in blobs]
         with enrol_lock, Session() as session:
+            repo.lock_enrolments(session)  # first: the whole transaction is serialised with other enrolments
             for sha, data in zip(shas, blobs, strict=True):
                 repo.ensure_image(session, sha, store.relative_path(sha), len(data))
             row = repo.add_enrolment(session, sku, category, X, shas)
@@ -478,7 +532,10 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             if hook is None:
                 raise HTTPException(404, f"no webhook {hook_id!r}")
             hook.active = False
+            cancelled = repo.cancel_deliveries(session, hook_id)
             session.commit()
+        if cancelled:
+            log.info("webhook %s deleted: %d pending deliveries cancelled", hook_id, cancelled)
         return {"id": hook_id, "active": False}
 
     # --------------------------------------------------------------------- operations

@@ -30,6 +30,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SKU_LENGTH = 128
+WEBHOOK_URL_LENGTH = 2000
+#: ``pg_advisory_xact_lock`` keys: migrating the schema; inserting an enrolment.
+MIGRATE_LOCK = 5170001
+ENROL_LOCK = 5170002
 
 
 def utcnow() -> _dt.datetime:
@@ -103,7 +107,7 @@ class Enrolment(Base):
 class Webhook(Base):
     __tablename__ = "webhooks"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    url: Mapped[str] = mapped_column(String(2000))
+    url: Mapped[str] = mapped_column(String(WEBHOOK_URL_LENGTH))
     secret: Mapped[str] = mapped_column(String(128))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -155,15 +159,16 @@ def migrate(engine: Engine, *, schema: str | None = None) -> None:
     from alembic import command
     from alembic.config import Config
 
-    with engine.begin() as conn:
-        if schema and conn.dialect.name == "postgresql":
-            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            # Two workers starting together must not both run the migration.
-            conn.execute(text("SELECT pg_advisory_xact_lock(5170001)"))
+            # Two workers starting together must not both create the schema or run the migration:
+            # the lock comes first, in the same transaction (CREATE SCHEMA IF NOT EXISTS is not
+            # safe against a concurrent one).
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})"))
+            if schema:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

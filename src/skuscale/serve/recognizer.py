@@ -199,6 +199,36 @@ class Recognizer:
             )
         return out
 
+    @property
+    def dim(self) -> int:
+        """Embedding dimension of the bundle's backbone."""
+        return int(self._centre.shape[0])
+
+    def apply_enrolment(self, enrolment_id: int, sku: str, X: np.ndarray, category: str | None) -> str | None:
+        """Apply a stored enrolment, or skip it; either way it counts as applied.
+
+        A stored enrolment may no longer fit the loaded bundle: a newer bundle may have
+        been trained with the SKU in it, or with another backbone. Such an enrolment is
+        skipped (the bundle's own class wins) rather than stopping the service.
+
+        Returns
+        -------
+        str or None
+            Why the enrolment was skipped, or None when it was applied.
+        """
+        with self._lock:
+            X = np.asarray(X)
+            reason = None
+            if sku in self.bundle_skus:
+                reason = "the bundle's catalogue has this SKU now"
+            elif X.ndim != 2 or X.shape[1] != self.dim:
+                reason = f"its embeddings have dimension {X.shape[-1]}, the bundle's backbone {self.dim}"
+            if reason is None:
+                self.enrol(sku, X, category, enrolment_id=enrolment_id)
+            else:
+                self.applied_enrolment_id = max(self.applied_enrolment_id, enrolment_id)
+            return reason
+
     def enrol(self, sku: str, X: np.ndarray, category: str | None, *, enrolment_id: int | None = None) -> None:
         """Apply one enrolment (already persisted) to the in-memory model."""
         with self._lock:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from skuscale.serve.db import Enrolment, Event, Feedback, OutboxMessage, StoredImage, Webhook, utcnow
+from skuscale.serve.db import ENROL_LOCK, Enrolment, Event, Feedback, OutboxMessage, StoredImage, Webhook, utcnow
 
 REVIEW_BANDS = ("verify", "unknown")
 FINALIZED = "event.finalized"
@@ -288,9 +288,25 @@ class LabelFeed:
 
 
 # ------------------------------------------------------------------------- enrolments
+def lock_enrolments(session: Session) -> None:
+    """Take the enrolment lock until the session's transaction ends (PostgreSQL; a no-op on SQLite).
+
+    Enrolment ids must become visible in id order, or a worker that has applied every
+    enrolment up to id n (:func:`enrolments_after`) would skip an id below n committed
+    later. A sequence hands ids out at insert, not at commit, so on PostgreSQL enrolling
+    transactions are serialised by a transaction-level advisory lock: the next one gets
+    its id only after this one has committed. (SQLite has one writer at a time anyway:
+    its write lock is held until commit.) Taking it again in the same transaction is fine.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_advisory_xact_lock({ENROL_LOCK})"))
+
+
 def add_enrolment(
     session: Session, sku: str, category: str | None, X: np.ndarray, image_sha256s: list[str]
 ) -> Enrolment:
+    """Insert an enrolment under :func:`lock_enrolments`: the caller must commit (or roll back) soon."""
+    lock_enrolments(session)
     X = np.ascontiguousarray(X, dtype="<f4")
     row = Enrolment(
         sku=sku,
@@ -390,7 +406,9 @@ def claim_deliveries(session: Session, *, lease_s: float, limit: int = 20) -> li
     now = utcnow()
     due = session.execute(
         select(OutboxMessage.id)
+        .join(Webhook, Webhook.id == OutboxMessage.webhook_id)
         .where(
+            Webhook.active.is_(True),
             OutboxMessage.status == "pending",
             OutboxMessage.next_attempt_at <= now,
             or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until < now),
@@ -425,6 +443,17 @@ def claim_deliveries(session: Session, *, lease_s: float, limit: int = 20) -> li
     ]
 
 
+def cancel_deliveries(session: Session, webhook_id: str) -> int:
+    """Cancel the undelivered messages of a (deleted) webhook; returns how many."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.webhook_id == webhook_id, OutboxMessage.status == "pending")
+        .values(status="cancelled", locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
 def finish_delivery(
     session: Session, message_id: int, *, ok: bool, error: str | None, backoff_s: float, backoff_max_s: float,
     max_attempts: int,
@@ -433,6 +462,13 @@ def finish_delivery(
     msg = session.get(OutboxMessage, message_id)
     if msg is None:
         return "missing"
+    if msg.status == "cancelled" and not ok:
+        # Its webhook was deleted while this attempt was in flight: no retry.
+        msg.attempts += 1
+        msg.locked_until = None
+        msg.last_error = (error or "")[:2000]
+        session.commit()
+        return msg.status
     now = utcnow()
     msg.attempts += 1
     msg.locked_until = None

@@ -89,5 +89,6 @@ class OutboxWorker:
                     session, d.id, ok=ok, error=error, backoff_s=s.webhook_backoff_s,
                     backoff_max_s=s.webhook_backoff_max_s, max_attempts=s.webhook_max_attempts,
                 )
-            self.on_result("delivered" if ok else ("failed" if status == "failed" else "retry"))
+            # A message whose webhook was deleted during the attempt ends "cancelled": no retry.
+            self.on_result("delivered" if ok else ("retry" if status == "pending" else "failed"))
         return bool(batch)
