@@ -245,7 +245,8 @@ def _finetune(net, backbone: str, embedder, train_ds: Dataset, ref_ds: Dataset |
     labels = np.concatenate([ds.labels for ds in parts]).astype(str)
     weights = np.concatenate([np.ones(len(train_ds))] + [np.full(len(ds), ft.reference_weight) for ds in parts[1:]])
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
-    key = finetune_key(embedder.identity, ft, digests, labels.tolist(), weights.tolist())
+    key = finetune_key(embedder.identity, ft, digests, labels.tolist(), weights.tolist(),
+                       probe={"C": head_config.head_C, "long_tail": head_config.long_tail, "tau": head_config.tau})
     stored = finetuned_weights_path(cache_root, key)
     report = None
     if stored.is_file():
@@ -445,11 +446,15 @@ def build_bundle_from_embeddings(
     )
     staging = _staging_for(out)
     try:
+        # Digests of the embedding rows, so `skuscale evaluate --embeddings` can tell in-sample rows.
+        rows = np.ascontiguousarray(data.X, dtype=np.float32)
         bundle = Bundle(
             model=model,
             preprocessing=Preprocessing(),
             backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
             metadata=metadata,
+            training_digests=image_digests(row.tobytes() for row in rows),
+            digest_trained=(origin != "val") | cfg.final_on_calibration,
         )
         _publish(bundle, staging, out, hooks, started)
     except BaseException:

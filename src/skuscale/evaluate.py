@@ -117,7 +117,9 @@ def evaluate_embeddings(bundle: Bundle, data, *, split: str | None = None) -> di
     """Score a bundle on an embedding file (:mod:`skuscale.data.embeddings`).
 
     ``split`` picks rows (default: the ``"test"`` rows when the file has any, else
-    all rows). Simulated data is labelled as such in the result.
+    all rows). Simulated data is labelled as such in the result. Rows the bundle was
+    fitted on (same embedding vector) are counted in ``n_seen_in_training`` and
+    ``n_used_for_calibration``, as for images.
     """
     from skuscale.data.embeddings import EmbeddingDataset, load_embeddings
 
@@ -141,6 +143,10 @@ def evaluate_embeddings(bundle: Bundle, data, *, split: str | None = None) -> di
         true_categories=list(ds.category) if ds.category is not None else None,
     )
     metrics["decisions_per_second"] = len(ds) / elapsed if elapsed > 0 else None
+    rows = np.ascontiguousarray(ds.X, dtype=np.float32)
+    roles = bundle.image_roles(row.tobytes() for row in rows)
+    metrics["n_seen_in_training"] = int((roles == 2).sum())
+    metrics["n_used_for_calibration"] = int((roles == 1).sum())
     metrics["data"] = ds.source
     metrics["split"] = split
     metrics["simulated"] = ds.simulated

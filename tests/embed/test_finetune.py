@@ -82,7 +82,13 @@ def test_cache_key_tracks_data_settings_and_base():
     base = ("lite0-abc", FinetuneConfig(epochs=2), ["d1", "d2"], ["a", "b"], [1.0, 1.0])
     key = finetune_key(*base)
     assert key == finetune_key(*base)
-    assert key == finetune_key("lite0-abc", FinetuneConfig(epochs=2, workers=3), ["d2", "d1"], ["b", "a"], [1.0, 1.0])
+    assert key == finetune_key("lite0-abc", FinetuneConfig(epochs=2, workers=3), *base[2:])
+    # Another order trains other weights (the sampler draws row indices).
+    assert key != finetune_key("lite0-abc", FinetuneConfig(epochs=2), ["d2", "d1"], ["b", "a"], [1.0, 1.0])
+    # So does another starting head.
+    probe = {"C": 10.0, "long_tail": "logit_adjust", "tau": 1.0}
+    assert finetune_key(*base, probe=probe) != key
+    assert finetune_key(*base, probe=probe) != finetune_key(*base, probe={**probe, "C": 1.0})
     assert key != finetune_key("lite0-xyz", *base[1:])
     assert key != finetune_key("lite0-abc", FinetuneConfig(epochs=3), *base[2:])
     assert key != finetune_key(*base[:2], ["d1", "d3"], *base[3:])
@@ -111,6 +117,9 @@ def test_cache_key_tracks_data_settings_and_base():
     {"loss": "supcon", "supcon_temperature": 0.0}, {"supcon_weight": -1.0},
     {"mixup_alpha": -0.1}, {"mixup_alpha": 0.2, "loss": "cosface"}, {"mixup_alpha": 0.2, "loss": "supcon"},
     {"random_erase": 1.5}, {"random_erase": -0.1},
+    {"region": 0.0}, {"region": 3.0}, {"region": -0.5}, {"region": float("nan")}, {"epochs": 1.0},
+    {"batch_size": 2.0}, {"image_size": 96.0}, {"image_size": 8}, {"mixup_alpha": float("inf")},
+    {"lr": float("inf")}, {"loss": "logit_adjust"},  # logit adjustment on balanced draws adjusts twice
 ])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -207,3 +216,23 @@ def test_random_erase_reaches_the_training_views(handful, monkeypatch):
     assert seen == [0.0, 1.0]
     assert np.isfinite(report.epoch_loss[0])
     assert state_digest(erased) != state_digest(plain)
+
+
+def test_cosface_logits_are_cosines_in_training_mode():
+    torch.manual_seed(0)
+
+    class Stub(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    clf = finetune_module._Classifier(Stub(), torch.randn(3, 16), torch.zeros(3), cosine=True, dropout=0.5)
+    clf.train()
+    logits, _ = clf(torch.randn(64, 16))
+    assert logits.abs().max() <= 1.0 + 1e-5
+
+
+def test_logit_adjustment_prior_follows_the_sampling_weights():
+    """Pack shots drawn 4x as often count 4x in the prior that logit adjustment corrects."""
+    y = np.array([0, 0, 1, 2])
+    prior = finetune_module.sampling_log_prior(y, np.array([1.0, 4.0, 1.0, 1.0]), 3)
+    np.testing.assert_allclose(np.exp(prior), [5 / 7, 1 / 7, 1 / 7])

@@ -111,6 +111,15 @@ def test_simulated_file_round_trips_and_build_and_evaluate_accept_it(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["simulated"] is True and metrics["split"] == "test"
     assert metrics["n_unknown"] == 3 * data.meta["params"]["test_per_sku"]
+    assert metrics["n_seen_in_training"] == 0 and metrics["n_used_for_calibration"] == 0
+
+    # The training rows are recognised as such, and the CLI says the numbers are in-sample.
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "bundle"), "--embeddings", str(path), "--split", "train",
+                                 "--json", str(tmp_path / "train.json")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["n_seen_in_training"] == metrics["n_items"] == int((data.split == "train").sum())
+    assert "in-sample" in result.output
 
 
 def test_simulate_from_fits_a_file_and_rejects_bad_options(tmp_path):
@@ -147,3 +156,19 @@ def test_matching_accuracy_makes_the_simulation_as_hard_as_the_data():
     got = np.mean([_proxy_val_top1(simulate_catalogue(matched.replace(seed=s))) for s in (20, 21, 22, 23)])
     assert got == pytest.approx(target, abs=0.06)
     assert _proxy_val_top1(simulate_catalogue(plain.replace(seed=20))) > target + 0.05
+
+
+def test_preset_keeps_its_own_seed_unless_one_is_given(tmp_path):
+    """`simulate --preset rollout` writes the demo's rollout catalogue."""
+    from skuscale.demo import ROLLOUT
+
+    runner = CliRunner()
+    small = ["--n-skus", "40", "--dim", "8", "--months", "1"]
+    out = tmp_path / "r.npz"
+    assert runner.invoke(app, ["simulate", "--out", str(out), "--preset", "rollout", *small]).exit_code == 0
+    expected = simulate_catalogue(ROLLOUT.replace(n_skus=40, dim=8, months=1))
+    np.testing.assert_array_equal(load_embeddings(out).X, expected.X)
+    assert load_embeddings(out).meta["params"]["seed"] == ROLLOUT.seed != 0
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--preset", "rollout", "--seed", "0", *small])
+    assert result.exit_code == 0, result.output
+    assert load_embeddings(out).meta["params"]["seed"] == 0

@@ -82,8 +82,8 @@ def build(
              f"{DEFAULT_FINETUNE_EPOCHS}; 0 keeps the ImageNet features). Uses the GPU when torch sees one.")] = None,
     finetune_lr: Annotated[float, typer.Option(help="Peak AdamW learning rate of the backbone.")] = 5e-4,
     finetune_loss: Annotated[str, typer.Option(
-        help="ce, logit_adjust, cosface, or supcon (cross-entropy plus supervised contrastive loss; each batch "
-             "holds 4 views of each of batch-size / 4 SKUs).")] = "ce",
+        help="ce, logit_adjust (with --finetune-sampler uniform), cosface, or supcon (cross-entropy plus "
+             "supervised contrastive loss; each batch holds 4 views of each of batch-size / 4 SKUs).")] = "ce",
     finetune_sampler: Annotated[str, typer.Option(help="balanced (every SKU equally often) or uniform.")] = "balanced",
     finetune_batch_size: Annotated[int, typer.Option(help="Images per fine-tuning step.")] = 32,
     finetune_device: Annotated[str, typer.Option(help="auto (GPU when torch sees one), cpu or cuda.")] = "auto",
@@ -286,12 +286,12 @@ def evaluate(
     console.print(table)
     if metrics.get("n_seen_in_training"):
         Console(stderr=True).print(
-            f"[bold yellow]warning:[/] {metrics['n_seen_in_training']} of {metrics['n_items']} images were used to "
-            "train this bundle's head; these numbers are in-sample, not a measure of recognition on new photos."
+            f"[bold yellow]warning:[/] {metrics['n_seen_in_training']} of {metrics['n_items']} items were used to "
+            "train this bundle's head; these numbers are in-sample, not a measure of recognition on new data."
         )
     elif metrics.get("n_used_for_calibration"):
         Console(stderr=True).print(
-            f"[yellow]note:[/] {metrics['n_used_for_calibration']} of {metrics['n_items']} images calibrated this "
+            f"[yellow]note:[/] {metrics['n_used_for_calibration']} of {metrics['n_items']} items calibrated this "
             "bundle (temperature, thresholds, OOD cut-off); the head never trained on them."
         )
     if json_out:

@@ -47,7 +47,9 @@ def simulate(
     match_accuracy: Annotated[bool, typer.Option(
         help="With --from: set the spread so the simulation is as hard as the file's val split (proxy top-1).")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.", min=0)] = 0,
+    seed: Annotated[int | None, typer.Option(
+        help="Random seed (default: the preset's own, so --preset rollout is the demo's catalogue; else 0).",
+        min=0)] = None,
 ) -> None:
     """Simulate a catalogue in embedding space; the file feeds build/evaluate/assess/forecast --embeddings."""
     from skuscale.data.embeddings import load_embeddings, save_embeddings
@@ -70,7 +72,7 @@ def simulate(
         "new_sku_monthly_rate": new_sku_monthly_rate, "months": months, "drift_share": drift_share,
         "drift_similarity": drift_similarity,
     }
-    overrides = {k: v for k, v in given.items() if v is not None} | {"seed": seed}
+    overrides = {k: v for k, v in given.items() if v is not None} | ({} if seed is None else {"seed": seed})
     try:
         if fit is not None:
             params = fit_simulator_params(load_embeddings(fit), match_accuracy=match_accuracy, **overrides)

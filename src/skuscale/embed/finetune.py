@@ -72,8 +72,20 @@ class _Classifier(nn.Module):
         features = F.normalize(self.backbone(x).float(), dim=1)
         f = self.dropout(features)
         if self.cosine:
-            return f @ F.normalize(self.weight, dim=1).T, features
+            # Dropout rescales the kept entries, so the features are normalised again: the margin is on cosines.
+            return F.normalize(f, dim=1) @ F.normalize(self.weight, dim=1).T, features
         return f @ self.weight.T + self.bias, features
+
+
+def sampling_log_prior(y: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """Log class prior of the uniform sampler's draws: each image counts with its weight.
+
+    This is the prior that logit adjustment (Menon et al., ICLR 2021) corrects for; a
+    class without images gets the weight of one image, so its log stays finite.
+    """
+    counts = np.bincount(y, weights=weights, minlength=n_classes).astype(np.float64)
+    counts = np.where(counts > 0, counts, 1.0)
+    return np.log(counts / counts.sum())
 
 
 def supcon_loss(features: torch.Tensor, target: torch.Tensor, *, temperature: float) -> torch.Tensor:
@@ -147,8 +159,13 @@ def state_digest(module: nn.Module) -> str:
 
 
 def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequence[str], labels: Sequence[str],
-                 weights: Sequence[float]) -> str:
-    """Cache key of a fine-tuning run: base weights, settings and the exact training set."""
+                 weights: Sequence[float], *, probe: dict | None = None) -> str:
+    """Cache key of a fine-tuning run: base weights, settings and the exact training set.
+
+    The images count in their order (the sampler draws row indices, so another order
+    trains other weights); ``probe`` holds the settings of the head that starts the
+    classifier, when one does.
+    """
     h = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "workers")}
     if config.loss != "supcon":
@@ -159,9 +176,11 @@ def finetune_key(base_identity: str, config: FinetuneConfig, image_digests: Sequ
         if not settings[name]:
             # Off: keys of runs from before the setting existed stay valid.
             settings.pop(name)
-    head = {"base": base_identity, "config": settings, "torch": torch.__version__}
+    head = {"base": base_identity, "config": settings, "torch": torch.__version__, "order": "as given"}
+    if probe is not None:
+        head["probe"] = probe
     h.update(json.dumps(head, sort_keys=True).encode())
-    for digest, label, w in sorted(zip(image_digests, labels, weights, strict=True)):
+    for digest, label, w in zip(image_digests, labels, weights, strict=True):
         h.update(f"{digest}:{label}:{w:g}\n".encode())
     return h.hexdigest()
 
@@ -273,8 +292,7 @@ def finetune_backbone(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_share)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
-    counts = np.bincount(y, minlength=classes.size).astype(np.float64)
-    log_prior = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
+    log_prior = torch.as_tensor(sampling_log_prior(y, weights, classes.size), dtype=torch.float32, device=device)
     workers = config.workers if config.workers is not None else (0 if device == "cpu" else min(8, os.cpu_count() or 1))
     use_amp = device == "cuda"
 

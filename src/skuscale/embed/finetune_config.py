@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from skuscale.exceptions import SkuscaleError
 
 LOSSES = ("ce", "logit_adjust", "cosface", "supcon")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 SAMPLERS = ("balanced", "uniform")
 
 #: Epochs of the default build: measured on val (benchmarks/accuracy.py), 6 epochs
@@ -103,14 +109,27 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or self.epochs < 0:
+        if not _is_int(self.epochs) or self.epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {self.epochs!r}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 2:
+        if not _is_int(self.batch_size) or self.batch_size < 2:
             raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
+        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 32):
+            raise ValueError(f"image_size must be an integer >= 32 or None, got {self.image_size!r}")
+        if not 0 < self.region <= 1:
+            raise ValueError(f"region is a share of the photo's shorter side, in (0, 1], got {self.region!r}")
+        for name in ("lr", "head_lr_multiplier", "cosface_scale", "supcon_temperature", "weight_decay",
+                     "warmup_epochs", "cosface_margin", "reference_weight", "supcon_weight", "mixup_alpha"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.loss == "logit_adjust" and self.sampler == "balanced":
+            # Balanced draws already give every SKU the same prior; adjusting for the data's
+            # prior on top would push the classifier toward the rare SKUs.
+            raise ValueError("loss 'logit_adjust' needs sampler 'uniform' (balanced sampling already removes "
+                             "the class prior it corrects for)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.loss == "supcon":
