@@ -190,12 +190,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"{'dim':>5} {'prec':>5} {'MiB':>7} {'band agr':>9} {'top-1 after':>12} {'top-1 up front':>15}")
-    routing = report.get("routing", [])
-    # --parts may leave either half out; print what was measured.
-    heldout = report.get("heldout") or [{}] * len(routing)
-    for r, h in zip(routing, heldout, strict=True):
-        print(f"{r['dim']:>5} {r['precision']:>5} {r['table_bytes'] / 2**20:>7.2f} {r['band_agreement']:>9.3f} "
-              f"{h.get('top1_after_the_fact', float('nan')):>12.3f} {h.get('top1_up_front', float('nan')):>15.3f}")
+    # --parts may leave either half out; print what was measured (nan for the rest).
+    routing, heldout = report.get("routing") or [], report.get("heldout") or []
+    nan = float("nan")
+    for i in range(max(len(routing), len(heldout))):
+        r = routing[i] if i < len(routing) else {}
+        h = heldout[i] if i < len(heldout) else {}
+        print(f"{r.get('dim', h.get('dim', '')):>5} {r.get('precision', h.get('precision', '')):>5} "
+              f"{r.get('table_bytes', nan * 2**20) / 2**20:>7.2f} {r.get('band_agreement', nan):>9.3f} "
+              f"{h.get('top1_after_the_fact', nan):>12.3f} {h.get('top1_up_front', nan):>15.3f}")
     print(f"\n{'SKUs':>7} {'MiB':>7} {'faiss':>6} {'ms/img b1':>10} {'ms/img b32':>11} {'recall':>7}")
     for s in report.get("scale", []):
         print(f"{s['n_skus']:>7} {s['table_mb']:>7.1f} {s['approximate']!s:>6} {s['ms_per_image_batch1_p50']:>10.3f} "

@@ -453,3 +453,50 @@ def test_category_thresholds_are_fitted_on_the_rows_that_reach_them(synthetic, m
     accepted = round(report.crossval["automation_rate_in_sample"] * report.crossval["n_heldout"])
     assert 0 < accepted < report.crossval["n_heldout"]
     assert n_rows == report.crossval["n_heldout"] - accepted
+
+
+def test_one_training_photo_per_sku_skips_detectors_that_cannot_fit():
+    """Pack-shot catalogues: Mahalanobis has no within-class scatter to fit on the OOD folds."""
+    rng = np.random.default_rng(5)
+    k, d = 20, 16
+    centres = _unit(rng.standard_normal((k, d)))
+    skus = np.array([f"s{i:02d}" for i in range(k)])
+    X = np.vstack([centres, np.repeat(centres, 3, axis=0) + 0.3 * rng.standard_normal((3 * k, d)) / np.sqrt(d)])
+    y = np.concatenate([skus, np.repeat(skus, 3)])
+    calib = np.arange(len(y)) >= k
+    _, report = fit_recognition_model(
+        X.astype(np.float32), y, calibration_rows=calib, holdout=True,
+        config=TrainingConfig(ood_folds=2, detectors=("msp", "mahalanobis")),
+    )
+    assert "mahalanobis" in report.detectors_skipped
+    assert report.detector == "msp" and set(report.detector_scores) == {"msp"}
+
+
+def test_known_ood_scores_leave_out_skus_the_fold_head_lacks(synthetic, monkeypatch):
+    """A SKU whose only photo is in the test fold is new to that head, not a known product."""
+    X, y, *_ = synthetic
+    rng = np.random.default_rng(2)
+    X_lonely = (5.0 * rng.standard_normal((4, D))).astype(np.float32)
+    X1, y1 = np.vstack([X, X_lonely]), np.append(y, [f"lonely{i}" for i in range(4)])
+    known_batches = []
+    real = training._make_fitted_detector
+
+    def spy(*args, **kwargs):
+        det = real(*args, **kwargs)
+        calls = []
+        score = det.score_samples
+
+        def recording(Xq):
+            calls.append(1)
+            if len(calls) == 1:  # the first call of each fold's detector scores the known rows
+                known_batches.append(np.asarray(Xq))
+            return score(Xq)
+
+        det.score_samples = recording
+        return det
+
+    monkeypatch.setattr(training, "_make_fitted_detector", spy)
+    fit_recognition_model(X1, y1, config=TrainingConfig(n_folds=3, ood_folds=2, detectors=("msp",)))
+    assert known_batches
+    for batch in known_batches:
+        assert not any(np.isclose(batch, row).all(axis=1).any() for row in X_lonely)

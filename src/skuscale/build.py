@@ -86,7 +86,8 @@ class BuildResult:
 
 
 def _read_checked(
-    inputs: Sequence[tuple[str, str | os.PathLike]], is_known_good: Callable[[Path], bool]
+    inputs: Sequence[tuple[str, str | os.PathLike]], is_known_good: Callable[[Path], bool],
+    exclude_skus: Sequence[str] = (),
 ) -> dict[str, Dataset]:
     """Read and validate every input, and check them against each other; one error lists every problem.
 
@@ -102,7 +103,7 @@ def _read_checked(
             validate_dataset(read[flag], check_images=lambda p: not is_known_good(p))
         except ManifestError as exc:
             failed.append((flag, exc))
-    across = _cross_manifest_problems(list(read.items()))
+    across = _cross_manifest_problems(list(read.items()), exclude_skus=exclude_skus)
     if len(failed) == 1 and not across:
         raise failed[0][1]
     if failed or across:
@@ -118,14 +119,23 @@ def _where(item: Item, ds: Dataset) -> str:
     return f"{ds.source} line {line}" if line is not None else str(item.path)
 
 
-def _cross_manifest_problems(datasets: list[tuple[str, Dataset]]) -> list[str]:
-    """Images listed by two inputs, and SKUs whose category differs between inputs.
+def _cross_manifest_problems(datasets: list[tuple[str, Dataset]], *, exclude_skus: Sequence[str] = ()) -> list[str]:
+    """Images listed by two inputs, SKUs whose category differs, --val SKUs without training photos.
 
     Each manifest is checked on its own by :func:`validate_dataset`; these problems
     only show across them. An image in both --train and --val would make the held-out
-    calibration in-sample; a SKU can have only one category in the bundle.
+    calibration in-sample; a SKU can have only one category in the bundle; the head
+    could never predict a --val SKU it has no training photos of, so every such photo
+    would count as an error of some other SKU.
     """
     problems: list[str] = []
+    by_flag = dict(datasets)
+    if "--train" in by_flag and "--val" in by_flag:
+        extra = sorted(set(by_flag["--val"].skus) - set(by_flag["--train"].skus) - set(exclude_skus))
+        if extra:
+            problems.append(f"--val {by_flag['--val'].source}: {len(extra)} SKU(s) with no training photos: "
+                            + ", ".join(extra[:10]) + (" ..." if len(extra) > 10 else "")
+                            + "; add their photos to --train or drop them from --val")
     first: dict[Path, tuple[str, Item, Dataset]] = {}
     for flag, ds in datasets:
         for item in ds.items:
@@ -155,7 +165,7 @@ def _collect(
 ) -> tuple[Dataset, Dataset | None, Dataset | None]:
     inputs = [("--train", train)] + [(flag, path) for flag, path in (("--val", val), ("--reference", reference))
                                       if path]
-    loaded = _read_checked(inputs, is_known_good)
+    loaded = _read_checked(inputs, is_known_good, exclude_skus)
     train_ds, val_ds, ref_ds = loaded["--train"], loaded.get("--val"), loaded.get("--reference")
     if exclude_skus:
         unknown = sorted(set(exclude_skus) - set(train_ds.skus))
@@ -164,14 +174,6 @@ def _collect(
         train_ds = train_ds.exclude_skus(exclude_skus)
         val_ds = val_ds.exclude_skus(exclude_skus) if val_ds else None
         ref_ds = ref_ds.exclude_skus(exclude_skus) if ref_ds else None
-    if val_ds is not None:
-        extra = sorted(set(val_ds.skus) - set(train_ds.skus))
-        if extra:
-            # The head could never predict them: every such photo would count as a confident-looking error.
-            raise SkuscaleError(
-                f"--val has {len(extra)} SKU(s) with no training photos: {', '.join(extra[:10])}"
-                + (" ..." if len(extra) > 10 else "") + "; add their photos to --train or drop them from --val"
-            )
     if ref_ds is not None:
         # Reference shots of SKUs absent from training would create classes without store images.
         keep = np.isin(ref_ds.labels, train_ds.skus)
@@ -295,17 +297,22 @@ def _fit_and_package(
 ) -> tuple:
     """Fit the decision stack on embeddings; shared by image and embedding-file builds."""
     has_val = bool((origin == "val").any())
-    model, report = fit_recognition_model(
-        X,
-        y,
-        sku_to_category=sku_to_category,
-        calibration_rows=(origin == "val") if has_val else (origin == "train"),
-        holdout=has_val,
-        config=cfg,
-        step=hooks.step,
-        ood_skus=ood_skus,
-        X_ood=X_ood,
-    )
+    try:
+        model, report = fit_recognition_model(
+            X,
+            y,
+            sku_to_category=sku_to_category,
+            calibration_rows=(origin == "val") if has_val else (origin == "train"),
+            holdout=has_val,
+            config=cfg,
+            step=hooks.step,
+            ood_skus=ood_skus,
+            X_ood=X_ood,
+        )
+    except ValueError as exc:  # the data cannot support the fit (e.g. no SKU has calibration and training rows)
+        raise SkuscaleError(f"cannot fit the decision stack on this data: {exc}") from exc
+    if report.detectors_skipped:
+        hooks.step("OOD detectors left out: " + "; ".join(f"{k} ({v})" for k, v in report.detectors_skipped.items()))
     counts = {s: int(c) for s, c in zip(*np.unique(y[origin == "train"], return_counts=True), strict=True)}
     metadata = {
         "targets": {"auto_precision": cfg.target_precision, "ood_flag_rate": cfg.ood_flag_rate},
@@ -388,10 +395,9 @@ def replace_folder(staging: Path, out: Path, what: str = "--out") -> None:
 
 
 def _staging_for(out: Path) -> Path:
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
+    """A new, uniquely named folder beside ``out`` (never a folder of the user's)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
 
 
 def _publish(bundle: Bundle, staging: Path, out: Path, hooks: BuildProgress, started: float) -> None:
@@ -434,6 +440,10 @@ def build_bundle_from_embeddings(
     origin = np.full(len(data), "train") if data.split is None else data.split
     if np.unique(data.sku[origin == "train"]).size < 2:
         raise SkuscaleError("training data needs at least two SKUs")
+    extra = sorted(set(data.sku[origin == "val"].tolist()) - set(data.sku[origin == "train"].tolist()))
+    if extra:
+        raise SkuscaleError(f"{embeddings}: {len(extra)} SKU(s) have val rows but no train rows: "
+                            + ", ".join(extra[:10]) + (" ..." if len(extra) > 10 else ""))
     model, metadata = _fit_and_package(
         data.X, data.sku, origin, data.categories(), cfg=cfg, hooks=hooks,
         training={

@@ -99,6 +99,8 @@ class TrainingReport:
     ood_heldout_skus: list[list[str]] = field(default_factory=list)
     #: Temperature of the space unknowns were simulated in, when it was not ``X``'s (``X_ood``).
     ood_temperature: float | None = None
+    #: Candidate detectors that could not be fitted on the held-out-SKU folds, with the reason.
+    detectors_skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -187,6 +189,9 @@ def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, 
             fold_heads[f] = cfg.make_head().fit(X[~test], y[~test], init=final_head)
             cv_logits[test] = _aligned_logits(fold_heads[f], Xh[test], catalogue)
     rows = calib & _predictable_rows(y, folds, fold_heads)
+    if not rows.any():
+        raise ValueError("no calibration row belongs to a SKU that the other rows train on: "
+                         "every calibration SKU needs training rows too")
     temperature = float(TemperatureScaler().fit(cv_logits[rows], y_idx[rows]).temperature_)
     return final_head, fold_heads, cv_logits, temperature
 
@@ -211,8 +216,9 @@ def _known_flag_threshold(name, X, Xh, y, folds, fold_heads, temperature, cfg: T
     """Cut-off of detector ``name`` that flags ``cfg.ood_flag_rate`` of held-out known images."""
     scores = []
     for f, head in fold_heads.items():
-        test = folds == f
-        det = _make_fitted_detector(name, head, temperature, X[~test], y[~test])
+        # Rows of a SKU the fold's head lacks are not "known" to it (see _predictable_rows).
+        test = (folds == f) & np.isin(y, head.classes_)
+        det = _make_fitted_detector(name, head, temperature, X[folds != f], y[folds != f])
         scores.append(det.score_samples(Xh[test]))
     return float(threshold_at_flag_rate(np.concatenate(scores), cfg.ood_flag_rate))
 
@@ -304,8 +310,6 @@ def fit_recognition_model(
                                                                   final_rows, catalogue, cfg)
     n_calib = int(calib.sum())
     calib = calib & _predictable_rows(y, folds, fold_heads)
-    if not calib.any():
-        raise ValueError("no calibration row belongs to a SKU that the rest of the data trains on")
     cv_probs = softmax(cv_logits[calib] / temperature)
     cv_pred = catalogue[cv_probs.argmax(axis=1)]
     cv_conf = cv_probs.max(axis=1)
@@ -328,12 +332,15 @@ def fit_recognition_model(
     unknown_scores: dict[str, list[np.ndarray]] = {d: [] for d in cfg.detectors}
     fold_auroc: dict[str, list[float]] = {d: [] for d in cfg.detectors}
     unknown_conf, unknown_pred = [], []
+    unusable: dict[str, str] = {}
     for g, held in enumerate(groups):
         is_unknown = np.isin(y, held)
         known_test = (folds == g % n_folds) & ~is_unknown
         # Every image of a held-out SKU is an unknown product to a head that never saw it.
         unknown_test = is_unknown
         fit_rows = ~is_unknown & (folds != g % n_folds)
+        # A known SKU with no rows left to fit on is as new to this fold's head as the held-out ones.
+        known_test &= np.isin(y, y[fit_rows])
         if not known_test.any() or not unknown_test.any():
             continue
         head = cfg.make_head().fit(Xo[fit_rows], y[fit_rows], init=ood_head)
@@ -341,7 +348,14 @@ def fit_recognition_model(
         unknown_conf.append(probs.max(axis=1))
         unknown_pred.append(head.classes_[probs.argmax(axis=1)])
         for name in cfg.detectors:
-            det = _make_fitted_detector(name, head, ood_temperature, Xo[fit_rows], y[fit_rows])
+            if name in unusable:
+                continue
+            try:
+                det = _make_fitted_detector(name, head, ood_temperature, Xo[fit_rows], y[fit_rows])
+            except ValueError as exc:
+                # e.g. Mahalanobis when every SKU has one photo: no within-class scatter to fit.
+                unusable[name] = str(exc)
+                continue
             ks, us = det.score_samples(Xoh[known_test]), det.score_samples(Xoh[unknown_test])
             known_scores[name].append(ks)
             unknown_scores[name].append(us)
@@ -349,7 +363,7 @@ def fit_recognition_model(
 
     detector_scores: dict[str, dict[str, float]] = {}
     for name in cfg.detectors:
-        if known_scores[name]:
+        if known_scores[name] and name not in unusable:
             ks, us = np.concatenate(known_scores[name]), np.concatenate(unknown_scores[name])
             thr = threshold_at_flag_rate(ks, cfg.ood_flag_rate)
             detector_scores[name] = {
@@ -439,5 +453,6 @@ def fit_recognition_model(
         heldout_detection_rate=float(heldout_detection), detector_scores=detector_scores,
         crossval=crossval, ood_heldout_skus=groups,
         ood_temperature=None if X_ood is None else float(ood_temperature),
+        detectors_skipped=unusable,
     )
     return model, report

@@ -46,7 +46,7 @@ def test_bundle_contents(bundle_dir, small_real):
     assert 0.0 <= doc["build"]["heldout_detection_rate"] <= 1.0
     assert doc["build"]["seconds"] > 0
     assert doc["calibration"]["temperature"] > 0
-    assert not (bundle_dir.parent / "b.partial").exists()
+    assert not [p for p in bundle_dir.parent.iterdir() if p.name.endswith(".partial")]
 
 
 def test_predict_json(bundle_dir, small_real):
@@ -227,7 +227,7 @@ def _build_fails(small_real, cache_dir, out, train, val) -> str:
                                  "--cache-dir", str(cache_dir)])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
     return _squash(result.output)
 
 
@@ -273,7 +273,7 @@ def test_build_rejects_val_skus_without_training_photos(small_real, tmp_path, ca
     photo.write_bytes(Path(rows[0]["path"]).read_bytes())
     val = _write_rows(tmp_path / "val.csv", [*rows, {**rows[0], "path": str(photo), "sku": "New-Juice"}])
     text = _build_fails(small_real, cache_dir, tmp_path / "b", small_real["train"], val)
-    assert _squash("--val has 1 SKU(s) with no training photos: New-Juice") in text
+    assert _squash("1 SKU(s) with no training photos: New-Juice") in text
 
 
 def test_bundle_records_absolute_manifest_paths(small_real, cache_dir, bundle_dir, tmp_path, monkeypatch):
@@ -288,3 +288,33 @@ def test_bundle_records_absolute_manifest_paths(small_real, cache_dir, bundle_di
     training = json.loads((out / "bundle.json").read_text())["training"]
     for key in ("train", "val", "reference"):
         assert training[key] == str(small_real[key].resolve()), key
+
+
+def _small_embeddings(path: Path, **params) -> Path:
+    from skuscale.data.embeddings import save_embeddings
+    from skuscale.simulate import SimulatorParams, simulate_catalogue
+
+    save_embeddings(path, simulate_catalogue(SimulatorParams(n_skus=12, dim=8, max_train=6, min_train=6, **params)))
+    return path
+
+
+def test_a_folder_named_like_the_staging_folder_is_left_alone(tmp_path):
+    sim = _small_embeddings(tmp_path / "sim.npz")
+    mine = tmp_path / "b.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    result = runner.invoke(app, ["build", "--embeddings", str(sim), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.partial", "sim.npz"]
+
+
+def test_embedding_build_refuses_val_skus_without_train_rows(tmp_path):
+    from skuscale.data.embeddings import load_embeddings, save_embeddings
+
+    data = load_embeddings(_small_embeddings(tmp_path / "sim.npz"))
+    keep = ~((data.split == "train") & (data.sku == data.sku[0]))
+    save_embeddings(tmp_path / "cut.npz", data.select(keep))
+    result = runner.invoke(app, ["build", "--embeddings", str(tmp_path / "cut.npz"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert "have val rows but no train rows" in result.output and data.sku[0] in result.output
