@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from skuscale.data import decode_image, load_image, read_image_bytes
-from skuscale.data.images import check_image_file, hash_image_file
+from skuscale.data.images import DEFAULT_MAX_PIXELS, check_image_file, hash_image_file
 from skuscale.exceptions import ImageError, ImageTooLargeError
 
 ORIENTATION_TAG = 0x0112
@@ -125,6 +126,36 @@ def test_pillow_decompression_bomb_becomes_too_large(size, encode, monkeypatch):
 
     with pytest.raises(ImageTooLargeError):
         decode_image(data)
+    # With a pixel limit above Pillow's, Pillow's limit still applies, and the message says so.
+    with pytest.raises(ImageTooLargeError, match=f"{size[0] * size[1]} pixels, over Pillow's decompression-bomb"):
+        decode_image(data, max_pixels=1000)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no pixel data to speak of."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("size", "pixels"),
+    [((8000, 6250), "8000x6250 = 50000000"), ((10000, 10000), "10000x10000 = 100000000"),
+     ((20000, 20000), "400000000")],
+    ids=["under-pillow-limit", "over-pillow-warning-limit", "over-pillow-error-limit"],
+)
+def test_over_max_pixels_names_the_configured_limit_not_pillows(size, pixels):
+    """The configured limit is checked first: Pillow's (89478485, or twice that) never shows."""
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(_png_header(*size))
+    message = str(info.value)
+    assert f"image is {pixels} pixels, over the limit of {DEFAULT_MAX_PIXELS} pixels" in message, message
+    assert str(Image.MAX_IMAGE_PIXELS) not in message and "bomb" not in message
+    with pytest.raises(ImageTooLargeError, match=f"{pixels} pixels, over the limit of 1000 pixels"):
+        decode_image(_png_header(*size), max_pixels=1000)
 
 
 def test_empty_bytes():

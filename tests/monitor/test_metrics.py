@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from skuscale.monitor.accuracy import RollingAccuracy
+from skuscale.monitor.accuracy import Outcome, RollingAccuracy
 from skuscale.monitor.metrics import ServiceMetrics, ood_buckets
 
 
@@ -28,6 +30,54 @@ def test_rolling_accuracy_extend_keeps_the_last_window_of_each_sku():
     assert acc.values() == {"A": (0.0, 2), "B": (1.0, 1), "C": (1.0, 1)}
     acc.add("B", False)
     assert acc.values()["B"] == (0.5, 2)
+
+
+T0 = _dt.datetime(2026, 11, 27, 12, 0, 0)
+
+
+def _at(seconds: float) -> _dt.datetime:
+    return T0 + _dt.timedelta(seconds=seconds)
+
+
+def test_rolling_accuracy_counts_each_event_once_with_its_latest_label():
+    acc = RollingAccuracy(window=10)
+    # Three feedback calls on one event, then a reviewer's resolution and a cashier's correction of another.
+    acc.add("Banana", False, event_id="e1", at=_at(1))
+    acc.add("Banana", False, event_id="e1", at=_at(2))
+    acc.add("Banana", True, event_id="e1", at=_at(3))
+    assert acc.values() == {"Banana": (1.0, 1)}
+    acc.extend([Outcome("Banana", True, "e2", _at(4)), Outcome("Banana", False, "e2", _at(5))])
+    assert acc.values() == {"Banana": (0.5, 2)}
+    # A label older than the one counted (a slow request) does not win over it.
+    acc.add("Banana", True, event_id="e2", at=_at(4.5))
+    assert acc.values() == {"Banana": (0.5, 2)}
+    # Labels without an event id are events of their own.
+    acc.add("Banana", True)
+    acc.add("Banana", True)
+    assert acc.values() == {"Banana": (0.75, 4)}
+
+
+def test_rolling_accuracy_relabelled_event_moves_to_the_newest_end_of_the_window():
+    acc = RollingAccuracy(window=2)
+    acc.extend([Outcome("A", False, "e1", _at(1)), Outcome("A", True, "e2", _at(2))])
+    acc.add("A", True, event_id="e1", at=_at(3))  # e1 relabelled: now the newest, e2 the oldest
+    assert acc.values() == {"A": (1.0, 2)}
+    acc.add("A", False, event_id="e3", at=_at(4))  # pushes out e2, not e1
+    assert acc.values() == {"A": (0.5, 2)}
+    acc.add("A", True, event_id="e3", at=_at(5))
+    assert acc.values() == {"A": (1.0, 2)}
+
+
+def test_record_outcome_counts_every_label_but_each_event_once_in_the_accuracy():
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg, ood_threshold=0.4, bundle_info={}, queue_depth=dict, accuracy=RollingAccuracy(10))
+    for k, ok in enumerate((False, False, True)):
+        m.record_outcome("Banana", ok, event_id="e1", at=_at(k))
+    text = generate_latest(reg).decode()
+    assert 'skuscale_feedback_total{outcome="incorrect",sku="Banana"} 2.0' in text
+    assert 'skuscale_feedback_total{outcome="correct",sku="Banana"} 1.0' in text
+    assert 'skuscale_sku_accuracy_samples{sku="Banana"} 1.0' in text
+    assert 'skuscale_sku_accuracy{sku="Banana"} 1.0' in text
 
 
 def test_ood_buckets_straddle_threshold_for_any_sign():

@@ -183,3 +183,32 @@ def test_enrolment_committed_late_is_not_missed_by_other_workers(make_server, tm
         with srv.client(DEVICE_TOKEN) as dev:
             enrolled = {s["sku"] for s in dev.get("/v1/catalogue").json()["skus"] if s["enrolled"]}
         assert enrolled == {"Slow-SKU", "Fast-SKU"}, (srv.url, enrolled)
+
+
+def test_enrol_errors_number_images_from_1_and_name_the_file_or_event(make_server, tmp_path):
+    import hashlib
+
+    data_dir = tmp_path / "data"
+    srv = make_server(data_dir)
+    good, item_image = image_bytes("val", "Banana", 0), image_bytes("val", "Banana", 1)
+    with srv.client(DEVICE_TOKEN) as dev, srv.client(REVIEWER_TOKEN) as rev:
+        eid = dev.post("/v1/recognize", files={"file": ("x.jpg", item_image)}).json()["event_id"]
+        r = rev.post(f"/v1/review/{eid}/resolve", json={"decision": "new_product", "proposed_sku": "Oat-Drink"})
+        assert r.status_code == 200, r.text
+        files = [("files", ("good.jpg", good)), ("files", ("bad.jpg", b"not an image"))]
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Oat-Drink", "event_ids": [eid]}, files=files)
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith("image 2 of 3 ('bad.jpg'): not a usable image: "), r.text
+        # An image taken from a review item is named by its event (here: its stored file got corrupted).
+        sha = hashlib.sha256(item_image).hexdigest()
+        (data_dir / "images" / sha[:2] / sha).write_bytes(b"corrupted on disk")
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Oat-Drink", "event_ids": [eid]},
+                     files=[("files", ("good.jpg", good))])
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith(f"image 2 of 2 (event {eid}): not a usable image: "), r.text
+        # ... or lost altogether: still a clear 422, not a 500.
+        (data_dir / "images" / sha[:2] / sha).unlink()
+        r = rev.post("/v1/catalogue/enrol", data={"sku": "Oat-Drink", "event_ids": [eid]},
+                     files=[("files", ("good.jpg", good))])
+        assert r.status_code == 422 and "missing from the image store" in r.json()["detail"], r.text
+        assert dev.get("/v1/catalogue").json()["n_skus"] == len(BUNDLE_SKUS)  # nothing enrolled

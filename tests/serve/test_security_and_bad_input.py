@@ -6,6 +6,8 @@ import io
 import json
 import select
 import socket
+import struct
+import zlib
 
 import pytest
 from PIL import Image
@@ -75,7 +77,7 @@ def test_bad_images_get_clear_4xx_and_service_stays_healthy(make_server):
             assert isinstance(r.json()["detail"], str) and r.json()["detail"], name
             r = c.post("/v1/recognize/batch", files=[("files", ("a.jpg", good)), ("files", ("b.jpg", data))])
             assert r.status_code == code, (name, "batch", r.text)
-            assert "image 1" in r.json()["detail"]
+            assert r.json()["detail"].startswith("image 2 of 2 ('b.jpg')"), (name, r.text)
         # Wrong content type and missing field.
         r = c.post("/v1/recognize", content=good, headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 415
@@ -93,6 +95,38 @@ def test_bad_images_get_clear_4xx_and_service_stays_healthy(make_server):
         assert _post_image(c, _jpeg(64, 48)).status_code == 200
     with srv.client(REVIEWER_TOKEN) as rev:
         assert rev.get("/v1/review").json()["total"] == 2
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of a few bytes whose header claims ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_batch_errors_number_images_from_1_and_name_the_file(server):
+    good = image_bytes()
+    with server.client(DEVICE_TOKEN) as c:
+        r = c.post("/v1/recognize/batch", files=[("files", ("bad.jpg", b"junk")), ("files", ("good.jpg", good))])
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith("image 1 of 2 ('bad.jpg'): not a usable image: "), r.text
+        # A long filename is cut short.
+        r = c.post("/v1/recognize/batch", files=[("files", ("a.jpg", good)), ("files", ("n" * 300, b"junk"))])
+        assert r.status_code == 422 and r.json()["detail"].startswith("image 2 of 2 ('" + "n" * 100 + "...')")
+        # Over the service's pixel limit (40 MP) and over Pillow's own (89.5 MP): the service's limit is named.
+        huge = _png_header(10_000, 10_000)
+        r = c.post("/v1/recognize/batch", files=[("files", ("a.jpg", good)), ("files", ("huge.png", huge))])
+        assert r.status_code == 422
+        assert r.json()["detail"] == (
+            "image 2 of 2 ('huge.png'): image is 10000x10000 = 100000000 pixels, over the limit of 40000000 pixels"
+        )
+        r = _post_image(c, _png_header(10_000, 10_000))
+        assert r.status_code == 422 and "over the limit of 40000000 pixels" in r.json()["detail"], r.text
+    with server.client(REVIEWER_TOKEN) as rev:
+        assert rev.get("/v1/review").json()["total"] == 0  # all or nothing
 
 
 def test_batch_limit(make_server):

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from skuscale.head.linear import LinearHead
 from skuscale.head.prototypes import PrototypeHead
 from skuscale.model import RecognitionModel
+from skuscale.monitor.accuracy import Outcome, RollingAccuracy
 from skuscale.ood.detectors import (
     KNNCosineDetector,
     MahalanobisDetector,
@@ -99,6 +100,17 @@ def test_migrations_are_idempotent(tmp_path):
     assert {"events", "images", "feedback", "enrolments", "webhooks", "outbox"} <= tables
 
 
+def test_image_label_counts_from_1_and_quotes_the_filename_safely():
+    from skuscale.serve.app import image_label
+
+    assert image_label(0, 2, "bad.jpg") == "image 1 of 2 ('bad.jpg')"
+    assert image_label(1, 2) == image_label(1, 2, "") == "image 2 of 2"
+    assert image_label(2, 3, event_id="ab12") == "image 3 of 3 (event ab12)"
+    # Control characters and unpaired surrogates are escaped (the answer is JSON), a long name is cut.
+    assert image_label(0, 1, "a\nb\ud800.jpg").encode("utf-8") == b"image 1 of 1 ('a\\nb\\ud800.jpg')"
+    assert image_label(0, 1, "n" * 500) == "image 1 of 1 ('" + "n" * 100 + "...')"
+
+
 def test_serving_path_does_not_import_torch():
     import subprocess
     import sys
@@ -127,6 +139,10 @@ def _feedback(session, event_id, at, outcome):
     session.add(Feedback(event_id=event_id, truth_sku=None, outcome=outcome, created_at=at))
 
 
+def _read(feed, session) -> list[tuple[str, bool]]:
+    return [(label.sku, label.correct) for label in feed.read(session)]
+
+
 def test_label_feed_returns_each_label_once_oldest_first(tmp_path):
     Session = _label_db(tmp_path)
     feed = repo.LabelFeed()
@@ -137,12 +153,35 @@ def test_label_feed_returns_each_label_once_oldest_first(tmp_path):
         s.flush()
         _feedback(s, "e1", T0 + _dt.timedelta(seconds=1), "incorrect")
         s.commit()
-        assert feed.read(s) == [("a", True), ("a", False), ("b", False)]
+        assert feed.read(s) == [
+            Outcome("a", True, "e1", T0),
+            Outcome("a", False, "e1", T0 + _dt.timedelta(seconds=1)),
+            Outcome("b", False, "e2", T0 + _dt.timedelta(seconds=2)),
+        ]
         assert feed.read(s) == []
         _feedback(s, "e2", T0 + _dt.timedelta(seconds=3), "correct")
         s.commit()
-        assert feed.read(s) == [("b", True)]
+        assert feed.read(s) == [Outcome("b", True, "e2", T0 + _dt.timedelta(seconds=3))]
         assert feed.read(s) == []
+
+
+def test_label_feed_into_rolling_accuracy_counts_each_event_once(tmp_path):
+    """What a worker of several does on a scrape: every label of an event is read, the latest one counts."""
+    Session = _label_db(tmp_path)
+    feed, acc = repo.LabelFeed(), RollingAccuracy(window=10)
+    with Session() as s:
+        _resolved(s, 1, T0, sku="a", final="a")  # the reviewer said a: right
+        _resolved(s, 2, T0 + _dt.timedelta(seconds=1), sku="a", final="b")
+        s.flush()
+        for k in range(3):  # a cashier's correction of e1, sent three times
+            _feedback(s, "e1", T0 + _dt.timedelta(seconds=2 + k), "incorrect")
+        s.commit()
+        acc.extend(feed.read(s))
+        assert acc.values() == {"a": (0.0, 2)}
+        _feedback(s, "e2", T0 + _dt.timedelta(seconds=10), "correct")  # read by a later scrape
+        s.commit()
+        acc.extend(feed.read(s))
+        assert acc.values() == {"a": (0.5, 2)}
 
 
 def test_label_feed_reads_a_late_commit_within_lateness_and_not_beyond(tmp_path):
@@ -151,12 +190,12 @@ def test_label_feed_reads_a_late_commit_within_lateness_and_not_beyond(tmp_path)
     with Session() as s:
         _resolved(s, 1, T0 + _dt.timedelta(seconds=100))
         s.commit()
-        assert feed.read(s) == [("a", True)]
+        assert _read(feed, s) == [("a", True)]
         # Stamped before the newest row read, committed after that read: another worker's slow transaction.
         _resolved(s, 2, T0 + _dt.timedelta(seconds=50), sku="b", final="b")
         _resolved(s, 3, T0 + _dt.timedelta(seconds=30), sku="c", final="c")
         s.commit()
-        assert feed.read(s) == [("b", True)]
+        assert _read(feed, s) == [("b", True)]
         assert feed.read(s) == []
 
 
@@ -166,7 +205,7 @@ def test_label_feed_first_read_takes_the_newest_limit_of_each_kind(tmp_path):
         for n in range(5):
             _resolved(s, n, T0 + _dt.timedelta(seconds=n), sku=f"s{n}", final=f"s{n}")
         s.commit()
-        assert repo.LabelFeed(limit=2).read(s) == [("s3", True), ("s4", True)]
+        assert _read(repo.LabelFeed(limit=2), s) == [("s3", True), ("s4", True)]
     with pytest.raises(ValueError, match="limit"):
         repo.LabelFeed(limit=0)
 
@@ -177,7 +216,7 @@ def test_label_feed_loses_nothing_when_a_read_fails_half_way(tmp_path):
     with Session() as s:
         _resolved(s, 1, T0)
         s.commit()
-        assert feed.read(s) == [("a", True)]
+        assert _read(feed, s) == [("a", True)]
         _resolved(s, 2, T0 + _dt.timedelta(seconds=1), sku="b", final="b")
         s.commit()
 
@@ -192,7 +231,7 @@ def test_label_feed_loses_nothing_when_a_read_fails_half_way(tmp_path):
 
         with pytest.raises(sa.exc.OperationalError):
             feed.read(DropsSecondQuery())
-        assert feed.read(s) == [("b", True)]
+        assert _read(feed, s) == [("b", True)]
 
 
 def test_workers_starting_together_create_a_new_schema_once(postgres_url):

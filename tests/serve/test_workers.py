@@ -109,10 +109,17 @@ def test_two_processes_on_one_metrics_dir_report_the_same_totals(serve_bundle, t
         third = on_a[2]
         assert httpx.post(f"{a}/v1/feedback", headers=REV, json={"event_id": third["event_id"], "sku": third["sku"]},
                           timeout=30).status_code == 200
+        # A later label of an event replaces its earlier one: a correction of `first` (right before),
+        # sent twice, through each worker. The counter counts both calls; the accuracy, the event once.
+        wrong_first = next(s for s in BUNDLE_SKUS if s != first["sku"])
+        for url in (b, a):
+            assert httpx.post(f"{url}/v1/feedback", headers=REV, timeout=30,
+                              json={"event_id": first["event_id"], "sku": wrong_first}).status_code == 200
         outcomes: dict[str, list[bool]] = {}
-        for event, ok in ((first, True), (second, False), (third, True)):
+        for event, ok in ((first, False), (second, False), (third, True)):
             outcomes.setdefault(event["sku"], []).append(ok)
         for s in (samples(a), samples(b)):
+            assert sum(s["skuscale_feedback_total"].values()) == 5
             for sku, oks in outcomes.items():
                 assert s["skuscale_sku_accuracy_samples"][(("sku", sku),)] == len(oks)
                 assert s["skuscale_sku_accuracy"][(("sku", sku),)] == pytest.approx(sum(oks) / len(oks))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from os import PathLike
 from pathlib import Path
@@ -159,7 +160,8 @@ def decode_image(
     max_bytes : int, default DEFAULT_MAX_BYTES
         Largest accepted length of ``data``.
     max_pixels : int, default DEFAULT_MAX_PIXELS
-        Largest accepted ``width * height``. Pillow's own decompression-bomb limit
+        Largest accepted ``width * height``, checked first: an image over it is refused
+        with this limit in the message. Pillow's own decompression-bomb limit
         (``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top of this one.
 
     Returns
@@ -272,9 +274,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image is too large to decode safely: {exc}") from None
+        with warnings.catch_warnings():
+            # Pillow's warning threshold is checked below, after ``max_pixels``: an image over
+            # both must be refused with the limit that was configured, not with Pillow's.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        # Over twice Pillow's limit: Image.open refuses before the size can be read.
+        raise _bomb_error(exc, max_pixels) from None
     except UnidentifiedImageError:
         raise ImageError("data is not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -287,6 +294,14 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} = {width * height} pixels, "
             f"over the limit of {max_pixels} pixels"
         )
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and width * height > pillow_limit:
+        # Only when max_pixels is above Pillow's own limit, which still applies.
+        img.close()
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over Pillow's "
+            f"decompression-bomb limit of {pillow_limit} pixels"
+        )
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -294,6 +309,30 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"image data is truncated or corrupt: {exc}") from None
     return img
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb_error(exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    """The error for an image that Pillow refused to open as a decompression bomb.
+
+    Pillow raises before the size can be read, when the image has more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels; its message holds the pixel count. An image
+    over ``max_pixels`` gets the same message as any other image over that limit.
+    """
+    match = _BOMB_PIXELS.search(str(exc))
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if match:
+        pixels = int(match.group(1))
+        if pixels > max_pixels:
+            return ImageTooLargeError(f"image is {pixels} pixels, over the limit of {max_pixels} pixels")
+        limit = f" of {2 * pillow_limit} pixels" if pillow_limit is not None else ""
+        return ImageTooLargeError(f"image is {pixels} pixels, over Pillow's decompression-bomb limit{limit}")
+    if pillow_limit is not None and max_pixels <= 2 * pillow_limit:
+        # More than twice Pillow's limit, so more than max_pixels too.
+        return ImageTooLargeError(f"image is over the limit of {max_pixels} pixels")
+    return ImageTooLargeError(f"image is too large to decode safely: {exc}")
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:

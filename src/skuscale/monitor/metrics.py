@@ -12,6 +12,7 @@ multiprocess mode), so any worker answers ``/metrics`` with the service's totals
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 
@@ -58,7 +59,8 @@ class _QueueAndAccuracy(Collector):
         yield depth
         acc = GaugeMetricFamily(
             "skuscale_sku_accuracy",
-            "Share of correct predictions per predicted SKU over its rolling window of labelled events.",
+            "Share of correct predictions per predicted SKU over its rolling window of labelled events "
+            "(each event once, with its latest label).",
             labels=["sku"],
         )
         n = GaugeMetricFamily(
@@ -116,7 +118,7 @@ class ServiceMetrics:
         )
         self.feedback = Counter(
             "skuscale_feedback",
-            "Labelled events (downstream feedback and review resolutions) per predicted SKU and outcome.",
+            "Labels (review resolutions and downstream feedback calls, each counted) per predicted SKU and outcome.",
             ["sku", "outcome"],
             registry=registry,
         )
@@ -155,9 +157,16 @@ class ServiceMetrics:
         self.recognitions.labels(sku=sku, band=band).inc()
         self.ood_score.labels(band=band).observe(ood_score)
 
-    def record_outcome(self, sku: str, correct: bool) -> None:
+    def record_outcome(
+        self, sku: str, correct: bool, *, event_id: str | None = None, at: datetime.datetime | None = None
+    ) -> None:
+        """Count one label (a resolution or a feedback call) of the event ``event_id``, given at ``at``.
+
+        ``skuscale_feedback_total`` counts every label. The per-SKU accuracy counts each
+        event once, with its latest label (:class:`~skuscale.monitor.accuracy.RollingAccuracy`).
+        """
         self.feedback.labels(sku=sku, outcome=OUTCOMES[0] if correct else OUTCOMES[1]).inc()
         if not self.multiprocess_dir:
             # With several workers the accuracy follows the database, where every worker's labels
             # are; adding this one here too would count it twice.
-            self.accuracy.add(sku, correct)
+            self.accuracy.add(sku, correct, event_id=event_id, at=at)

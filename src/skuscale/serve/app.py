@@ -118,11 +118,31 @@ class WebhookBody(Body):
 
 
 # ------------------------------------------------------------------------- helpers
-def _read_upload(upload: UploadFile, max_bytes: int, index: int | None = None) -> bytes:
+#: Longest multipart filename quoted in an error message (the rest is cut).
+SHOWN_FILENAME = 100
+
+
+def image_label(index: int, total: int, filename: str | None = None, *, event_id: str | None = None) -> str:
+    """How an error names one of several images, counted from 1: ``image 2 of 3 ('shelf.jpg')``,
+    or ``image 3 of 3 (event <id>)`` for an enrolment image taken from a review item.
+
+    The multipart filename, when there is one, is quoted with ``repr``, which escapes control
+    characters and unpaired surrogates, so the message can always be sent as JSON.
+    """
+    where = f"image {index + 1} of {total}"
+    if filename:
+        shown = filename if len(filename) <= SHOWN_FILENAME else filename[:SHOWN_FILENAME] + "..."
+        where += f" ({shown!r})"
+    elif event_id:
+        where += f" (event {event_id})"
+    return where
+
+
+def _read_upload(upload: UploadFile, max_bytes: int, where: str | None = None) -> bytes:
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
-        where = "image" if index is None else f"image {index}"
-        raise HTTPException(413, f"{where} ({upload.filename!r}) is over the limit of {max_bytes} bytes")
+        where = where or (f"image ({upload.filename!r})" if upload.filename else "image")
+        raise HTTPException(413, f"{where} is over the limit of {max_bytes} bytes")
     return data
 
 
@@ -211,7 +231,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         """Add the resolutions and feedback committed (by any process) since the last look to the rolling accuracy."""
         with accuracy_lock, Session() as session:
             catalogue = set(recognizer.skus)
-            accuracy.extend((sku, ok) for sku, ok in label_feed.read(session) if sku in catalogue)
+            accuracy.extend(label for label in label_feed.read(session) if label.sku in catalogue)
 
     refresh_accuracy()
     metrics = ServiceMetrics(
@@ -290,10 +310,12 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         return JSONResponse({"detail": "a value in the request is not acceptable to the database"}, 422)
 
     # --------------------------------------------------------------------- recognition
-    def _recognize(blobs: list[bytes]) -> list[dict]:
+    def _decode_all(blobs: list[bytes], labels: list[str] | None) -> list:
+        """Decode every image, or answer 413/422 for the first bad one, named by its label
+        (``image 2 of 3 ('b.jpg'): ...``; no label for the lone image of ``/v1/recognize``)."""
         images = []
         for i, data in enumerate(blobs):
-            where = f"image {i}: " if len(blobs) > 1 else ""
+            where = f"{labels[i]}: " if labels else ""
             if len(data) > settings.max_image_bytes:
                 raise HTTPException(413, f"{where}over the limit of {settings.max_image_bytes} bytes")
             try:
@@ -304,6 +326,10 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                 raise HTTPException(422, f"{where}{exc}") from None
             except ImageError as exc:
                 raise HTTPException(422, f"{where}not a usable image: {exc}") from None
+        return images
+
+    def _recognize(blobs: list[bytes], labels: list[str] | None = None) -> list[dict]:
+        images = _decode_all(blobs, labels)
         sync_enrolments()
         recs = recognizer.recognize(recognizer.embed(images))
         shas = [store.put(data) if rec.band != "accept" else None for rec, data in zip(recs, blobs, strict=True)]
@@ -333,7 +359,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         """Recognise several images at once (all or nothing: one bad image rejects the batch)."""
         if len(files) > settings.max_batch:
             raise HTTPException(413, f"at most {settings.max_batch} images per batch, got {len(files)}")
-        return {"events": _recognize([_read_upload(f, settings.max_image_bytes, i) for i, f in enumerate(files)])}
+        labels = [image_label(i, len(files), f.filename) for i, f in enumerate(files)]
+        blobs = [_read_upload(f, settings.max_image_bytes, where) for f, where in zip(files, labels, strict=True)]
+        return {"events": _recognize(blobs, labels)}
 
     @app.get("/v1/events/{event_id}", tags=["recognition"], dependencies=[Depends(device)])
     def get_event(event_id: str) -> dict:
@@ -399,7 +427,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             session.commit()
             out = repo.event_dict(ev)
         metrics.resolutions.labels(decision=body.decision).inc()
-        metrics.record_outcome(out["sku"], final_sku == out["sku"])
+        metrics.record_outcome(out["sku"], final_sku == out["sku"], event_id=event_id, at=ev.resolved_at)
         worker.wake()
         return out
 
@@ -415,8 +443,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                 session, ev, truth_sku=body.sku, not_a_product=body.not_a_product, source=body.source or who
             )
             session.commit()
-            sku = ev.sku
-        metrics.record_outcome(sku, correct)
+            sku, at = ev.sku, fb.created_at
+        metrics.record_outcome(sku, correct, event_id=ev.id, at=at)
         return {"event_id": body.event_id, "feedback_id": fb.id, "outcome": "correct" if correct else "incorrect"}
 
     # --------------------------------------------------------------------- catalogue
@@ -468,7 +496,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                 raise HTTPException(422, f"event_ids: {problem}")
         if len(files) + len(event_ids) > settings.max_enrol_images:
             raise HTTPException(413, f"at most {settings.max_enrol_images} images per enrolment")
-        blobs = [_read_upload(f, settings.max_image_bytes) for f in files]
+        total = len(files) + len(event_ids)
+        labels = [image_label(i, total, f.filename) for i, f in enumerate(files)]
+        blobs = [_read_upload(f, settings.max_image_bytes, where) for f, where in zip(files, labels, strict=True)]
         with Session() as session:
             for eid in event_ids:
                 ev = session.get(repo.Event, eid)
@@ -478,18 +508,14 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                     raise HTTPException(422, f"event {eid} is not a resolved new_product item proposed as {sku!r}")
                 if ev.image_sha256 is None:
                     raise HTTPException(422, f"event {eid} has no stored image")
-                blobs.append(store.get(ev.image_sha256))
+                try:
+                    blobs.append(store.get(ev.image_sha256))
+                except OSError:
+                    raise HTTPException(422, f"event {eid}: its stored image is missing from the image store") from None
+                labels.append(image_label(len(blobs) - 1, total, event_id=eid))
         if not blobs:
             raise HTTPException(422, "enrolment needs at least one image (files or event_ids)")
-        images = []
-        for i, data in enumerate(blobs):
-            try:
-                images.append(
-                    recognizer.decode(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-                )
-            except ImageError as exc:
-                raise HTTPException(422, f"image {i}: not a usable image: {exc}") from None
-        X = recognizer.embed(images)
+        X = recognizer.embed(_decode_all(blobs, labels))
         shas = [store.put(data) for data in blobs]
         with enrol_lock, Session() as session:
             repo.lock_enrolments(session)  # first: the whole transaction is serialised with other enrolments

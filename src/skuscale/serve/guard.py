@@ -19,6 +19,7 @@ the route template and the HTTP method mapped onto a fixed set.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
@@ -31,11 +32,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The ``method`` label values of the latency histogram; any other method is ``other``.
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 
 
 def method_label(method: str) -> str:
     """``method`` if it is a standard one, else ``"other"`` (a client picks the method name freely)."""
     return method if method in METHODS else "other"
+
+
+def route_label(template: str) -> str:
+    """The route template without path convertors (``{sku:path}`` -> ``{sku}``), stable for dashboards."""
+    return _CONVERTOR.sub(r"{\1}", template)
 
 
 class BodyTooLarge(HTTPException):
@@ -138,7 +145,7 @@ class RequestGuard:
                 await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send_observed)
         finally:
             if self.observe is not None:
-                template = getattr(scope.get("route") or route, "path", None) or "unmatched"
+                template = route_label(getattr(scope.get("route") or route, "path", None) or "unmatched")
                 self.observe(method_label(scope["method"]), template, state["status"], time.perf_counter() - start)
 
     def _early_answer(self, scope: Scope, route: BaseRoute | None) -> JSONResponse | None:

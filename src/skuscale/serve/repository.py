@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from skuscale.monitor.accuracy import Outcome
 from skuscale.serve.db import ENROL_LOCK, Enrolment, Event, Feedback, OutboxMessage, StoredImage, Webhook, utcnow
 
 REVIEW_BANDS = ("verify", "unknown")
@@ -242,7 +243,12 @@ class _Cursor:
 
 
 class LabelFeed:
-    """(predicted SKU, correct) of resolutions and feedback that this reader has not returned yet.
+    """Outcomes (predicted SKU, correct, event id, label time) of resolutions and feedback
+    that this reader has not returned yet.
+
+    An event can have several labels (a resolution and feedback, several feedback calls):
+    each is returned, with its event id, and :class:`~skuscale.monitor.accuracy.RollingAccuracy`
+    keeps the latest of them.
 
     The first :meth:`read` returns the newest ``limit`` resolutions and the newest ``limit``
     feedback rows; each later one only the rows committed since, so a process can follow
@@ -267,24 +273,24 @@ class LabelFeed:
         self._resolutions = _Cursor()
         self._feedback = _Cursor()
 
-    def read(self, session: Session) -> list[tuple[str, bool]]:
-        """The labelled outcomes not returned before, oldest first."""
+    def read(self, session: Session) -> list[Outcome]:
+        """The labels not returned before, oldest first."""
         resolved_q = select(Event.id, Event.resolved_at, Event.sku, Event.final_sku, Event.resolution).where(
             Event.resolution.in_(("sku", "new_product", "not_a_product"))
         )
-        feedback_q = select(Feedback.id, Feedback.created_at, Event.sku, Feedback.outcome).join(
-            Event, Event.id == Feedback.event_id
-        )
+        feedback_q = select(
+            Feedback.id, Feedback.created_at, Event.sku, Feedback.outcome, Feedback.event_id
+        ).join(Event, Event.id == Feedback.event_id)
         resolved_q = self._resolutions.narrow(resolved_q, Event.resolved_at, limit=self.limit, lateness=self.lateness)
         feedback_q = self._feedback.narrow(feedback_q, Feedback.created_at, limit=self.limit, lateness=self.lateness)
         resolved_rows, feedback_rows = session.execute(resolved_q).all(), session.execute(feedback_q).all()
         # Only once both queries have answered: a failed read must leave both cursors where they were.
         resolved = self._resolutions.take(resolved_rows, self.lateness)
         feedback = self._feedback.take(feedback_rows, self.lateness)
-        rows = [(t, sku, res == "sku" and final == sku) for _, t, sku, final, res in resolved]
-        rows += [(t, sku, outcome == "correct") for _, t, sku, outcome in feedback]
-        rows.sort(key=lambda r: r[0])
-        return [(sku, ok) for _, sku, ok in rows]
+        rows = [Outcome(sku, res == "sku" and final == sku, eid, t) for eid, t, sku, final, res in resolved]
+        rows += [Outcome(sku, outcome == "correct", eid, t) for _, t, sku, outcome, eid in feedback]
+        rows.sort(key=lambda r: r.at)
+        return rows
 
 
 # ------------------------------------------------------------------------- enrolments
