@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import warnings
 from os import PathLike
 from pathlib import Path
 
@@ -187,9 +186,7 @@ def decode_image(
             f"image data is {n_bytes} bytes, over the limit of {max_bytes} bytes"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open_and_load(data, max_pixels=max_pixels)
+        img = _open_and_load(data, max_pixels=max_pixels)
         img = _apply_exif_orientation(img)
         return to_rgb(img)
     except (ImageError, MemoryError):
@@ -274,11 +271,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def _open_and_load(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            # Pillow's warning threshold is checked below, after ``max_pixels``: an image over
-            # both must be refused with the limit that was configured, not with Pillow's.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        # No warnings filter here: filters are process-wide, and the service decodes in
+        # threads. Pillow's warning threshold is checked explicitly below, after ``max_pixels``.
+        img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         # Over twice Pillow's limit: Image.open refuses before the size can be read.
         raise _bomb_error(exc, max_pixels) from None
