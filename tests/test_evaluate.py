@@ -173,3 +173,26 @@ def test_empty_input():
     assert m["silent_error_rate"] is None
     assert m["top1"] is None
     assert m["bands"] == {"accept": 0, "verify": 0, "unknown": 0}
+
+
+def test_evaluate_embeddings_refuses_data_that_does_not_fit_the_bundle(tmp_path):
+    from skuscale.build import build_bundle_from_embeddings
+    from skuscale.data import save_embeddings
+    from skuscale.evaluate import EvaluationInputError, evaluate_embeddings
+    from skuscale.exceptions import SkuscaleError
+    from skuscale.simulate import SimulatorParams, simulate_catalogue
+
+    def sim(dim: int, seed: int):
+        return simulate_catalogue(SimulatorParams(n_skus=5, dim=dim, max_train=6, min_train=4, val_per_sku=2,
+                                                  test_per_sku=2, seed=seed))
+
+    path = save_embeddings(tmp_path / "e.npz", sim(6, 1))
+    bundle = build_bundle_from_embeddings(path, tmp_path / "b").bundle
+    wide = save_embeddings(tmp_path / "wide.npz", sim(10, 2))
+    with pytest.raises(EvaluationInputError, match=r"wide\.npz is 10-d, the bundle was built from 6-d embeddings"):
+        evaluate_embeddings(bundle, wide)
+    with pytest.raises(EvaluationInputError, match=r"no rows of split 'tset'; its splits: test, train, val"):
+        evaluate_embeddings(bundle, path, split="tset")
+    # Still the ValueError / SkuscaleError callers caught before; the CLI tells it apart as a usage error (exit 2).
+    assert issubclass(EvaluationInputError, ValueError) and issubclass(EvaluationInputError, SkuscaleError)
+    assert evaluate_embeddings(bundle, path, split="val")["split"] == "val"

@@ -394,7 +394,7 @@ def replace_folder(staging: Path, out: Path, what: str = "--out") -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _staging_for(out: Path) -> Path:
+def staging_folder_for(out: Path) -> Path:
     """A new, uniquely named folder beside ``out`` (never a folder of the user's)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -454,7 +454,7 @@ def build_bundle_from_embeddings(
             "n_images": {label: int((origin == label).sum()) for label in ("train", "val") if (origin == label).any()},
         },
     )
-    staging = _staging_for(out)
+    staging = staging_folder_for(out)
     try:
         # Digests of the embedding rows, so `skuscale evaluate --embeddings` can tell in-sample rows.
         rows = np.ascontiguousarray(data.X, dtype=np.float32)
@@ -652,7 +652,7 @@ def build_bundle(
         for sku, cat in ds.categories().items():
             sku_to_category.setdefault(sku, cat)
 
-    staging = _staging_for(out)
+    staging = staging_folder_for(out)
     try:
         hooks.step("exporting the backbone to ONNX")
         onnx_path = export_onnx(net, staging / BACKBONE_FILE, image_size=embedder.preprocessing.image_size)

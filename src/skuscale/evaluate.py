@@ -9,9 +9,29 @@ import numpy as np
 
 from skuscale.bundle import Bundle
 from skuscale.data import load_dataset
+from skuscale.exceptions import SkuscaleError
 from skuscale.metrics import expected_calibration_error
 from skuscale.ood import auroc
 from skuscale.routing import BANDS, Decision
+
+
+class EvaluationInputError(SkuscaleError, ValueError):
+    """The data or the options do not fit the bundle (wrong embedding size, a split the file lacks).
+
+    The caller asked for something this data cannot give; ``skuscale evaluate`` exits 2.
+    """
+
+
+def check_embedding_dim(bundle: Bundle, X: np.ndarray, source: str) -> None:
+    """Raise :class:`EvaluationInputError` unless the rows of ``X`` have the size the bundle's head expects."""
+    expected = bundle.backbone.get("dim")
+    got = int(X.shape[1]) if X.ndim == 2 else None
+    if expected is None or got == int(expected):
+        return
+    shape = f"{got}-d" if got is not None else f"of shape {X.shape}"
+    gives = (f"the bundle's backbone gives {int(expected)}-d" if bundle.backbone.get("onnx")
+             else f"the bundle was built from {int(expected)}-d embeddings")
+    raise EvaluationInputError(f"embedding file {source} is {shape}, {gives}")
 
 
 def decision_metrics(
@@ -124,11 +144,17 @@ def evaluate_embeddings(bundle: Bundle, data, *, split: str | None = None) -> di
     from skuscale.data.embeddings import EmbeddingDataset, load_embeddings
 
     ds = data if isinstance(data, EmbeddingDataset) else load_embeddings(data)
+    check_embedding_dim(bundle, ds.X, ds.source)
     if split is None and ds.split is not None and (ds.split == "test").any():
         split = "test"
     if split is not None:
         if ds.split is None:
-            raise ValueError(f"{ds.source} has no split column; cannot select split {split!r}")
+            raise EvaluationInputError(f"{ds.source} has no split column; cannot select split {split!r} "
+                                       "(leave --split out to score every row)")
+        present = sorted(set(ds.split.tolist()))
+        if split not in present:
+            raise EvaluationInputError(f"{ds.source} has no rows of split {split!r}; its splits: "
+                                       f"{', '.join(present)}")
         ds = ds.select(ds.split == split)
     if len(ds) == 0:
         raise ValueError(f"no rows to evaluate in {ds.source} (split {split!r})")

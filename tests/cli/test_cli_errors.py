@@ -67,7 +67,7 @@ def test_build_refuses_to_replace_a_folder_that_is_not_a_bundle(sim, precious):
     result = _build(sim, precious)
     _clean_error(result, 2, "neither empty nor a skuscale bundle", str(precious))
     assert (precious / "notes.txt").read_text() == "important" and (precious / "sub").is_dir()
-    assert not precious.with_name("precious.partial").exists()
+    assert not [p for p in precious.parent.iterdir() if p.name.endswith(".partial")]
 
 
 @pytest.mark.parametrize(("make", "out", "needle"), [
@@ -253,3 +253,111 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(sim_bundle, pre
     result = runner.invoke(app, ["export", str(sim_bundle), "--out", str(tmp_path / "e"), "--report", str(tmp_path)])
     _clean_error(result, 2, "--report", "is a folder")
     assert not (tmp_path / "e").exists()
+
+
+# ----------------------------------------------------------------------------- export options: contradictory or unused
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--thresholds", "refit"], ["--thresholds", "only to an INT8 export"]),
+    (["--calibration-per-sku", "3"], ["--calibration-per-sku", "only to an INT8 export"]),
+    (["--keep-thresholds", "--margin-quantile", "0.8"], ["--keep-thresholds, --margin-quantile", "--int8"]),
+    (["--calibration", "train.csv", "--exclude-node", "n", "--margin-per-sku", "3"],
+     ["--calibration, --exclude-node, --margin-per-sku", "--int8"]),
+    (["--int8", "--thresholds", "refit", "--keep-thresholds"], ["--keep-thresholds contradicts --thresholds refit"]),
+    (["--int8", "--thresholds", "auto", "--keep-thresholds"], ["--keep-thresholds contradicts --thresholds auto"]),
+    (["--int8", "--keep-thresholds", "--margin-quantile", "0.8"],
+     ["--margin-quantile sets the threshold re-fit", "--keep-thresholds never runs"]),
+    (["--int8", "--thresholds", "keep", "--margin-per-sku", "3", "--margin-quantile", "0.8"],
+     ["--margin-per-sku, --margin-quantile set the threshold re-fit", "--thresholds keep never runs"]),
+])
+def test_export_refuses_options_it_would_ignore_or_that_contradict(sim_bundle, tmp_path, extra, needles):
+    out = tmp_path / "e"
+    _clean_error(runner.invoke(app, ["export", str(sim_bundle), "--out", str(out), *extra]), 2, *needles)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--eval", "val.csv", "--cache-dir", "cache"],
+    ["--int8", "--keep-thresholds", "--thresholds", "keep", "--calibration-per-sku", "3", "--exclude-node", "n"],
+    ["--int8", "--thresholds", "refit", "--margin-per-sku", "3", "--margin-quantile", "0.8",
+     "--calibration", "train.csv"],
+    ["--int8", "--margin-quantile", "0.8"],
+])
+def test_export_accepts_the_documented_combinations(sim_bundle, tmp_path, extra):
+    # They pass the option checks and reach the bundle, which has no image backbone to export (exit 1, not 2).
+    result = runner.invoke(app, ["export", str(sim_bundle), "--out", str(tmp_path / "e"), *extra])
+    _clean_error(result, 1, "has no image backbone")
+
+
+# ----------------------------------------------------------------------------- a bundle built from embeddings
+
+
+def test_predict_on_an_embedding_bundle_gives_advice_for_predict(sim_bundle, tmp_path):
+    result = runner.invoke(app, ["predict", str(sim_bundle), str(tmp_path / "g.jpg")])
+    text = _clean_error(result, 1, f"cannot predict on images: bundle {sim_bundle} was built from embeddings",
+                        "skuscale evaluate BUNDLE --embeddings FILE")
+    assert "evaluate it with --embeddings" not in text
+
+
+def test_serve_on_an_embedding_bundle_fails_before_starting(sim_bundle, tmp_path, monkeypatch):
+    for key in ("SKUSCALE_BUNDLE", "SKUSCALE_DATA_DIR"):
+        monkeypatch.setenv(key, "")
+    for workers in ("1", "2"):
+        result = runner.invoke(app, ["serve", str(sim_bundle), "--data-dir", str(tmp_path / "data"),
+                                     "--port", "0", "--workers", workers])
+        _clean_error(result, 1, f"cannot serve images: bundle {sim_bundle} was built from embeddings",
+                     "skuscale evaluate BUNDLE --embeddings FILE")
+
+
+def test_evaluate_images_on_an_embedding_bundle(sim_bundle, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(sim_bundle), "--data", str(tmp_path / "val.csv")])
+    _clean_error(result, 1, "cannot evaluate images", "--embeddings FILE")
+
+
+# ----------------------------------------------------------------------------- evaluate and forecast usage errors
+
+
+def test_evaluate_embeddings_of_the_wrong_size_is_a_usage_error(sim_bundle, tmp_path):
+    other = tmp_path / "wide.npz"
+    save_embeddings(other, simulate_catalogue(SimulatorParams(n_skus=4, dim=12, max_train=4, min_train=2,
+                                                              val_per_sku=1, test_per_sku=1, seed=1)))
+    result = runner.invoke(app, ["evaluate", str(sim_bundle), "--embeddings", str(other)])
+    text = _clean_error(result, 2, f"embedding file {other} is 12-d, the bundle was built from 8-d embeddings")
+    assert "features" not in text
+
+
+def test_evaluate_split_the_file_lacks_is_a_usage_error(sim, sim_bundle):
+    result = runner.invoke(app, ["evaluate", str(sim_bundle), "--embeddings", str(sim), "--split", "tset"])
+    _clean_error(result, 2, "has no rows of split 'tset'", "its splits: test, train, val")
+
+
+def test_evaluate_split_with_images_is_a_usage_error(sim_bundle, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(sim_bundle), "--data", str(tmp_path), "--split", "test"])
+    _clean_error(result, 2, "--split", "does not apply to --data")
+
+
+@pytest.mark.parametrize(("train", "extra", "needle"), [
+    ("train.csv", [], "images need --bundle"),
+    ("sim.npz", ["--val", "val.csv"], "--val applies to image manifests"),
+    ("sim.npz", ["--bundle", "b"], "--bundle embeds image manifests"),
+])
+def test_forecast_inputs_that_do_not_go_together_are_usage_errors(tmp_path, monkeypatch, train, extra, needle):
+    import skuscale.forecast as forecast_module
+
+    def never(*args, **kwargs):
+        raise RuntimeError("the forecast ran although its inputs do not go together")
+
+    monkeypatch.setattr(forecast_module, "forecast", never)
+    result = runner.invoke(app, ["forecast", "--train", str(tmp_path / train), "--to", "50",
+                                 "--out", str(tmp_path / "out"), *extra])
+    _clean_error(result, 2, needle)
+
+
+def test_serve_settings_that_cannot_be_parsed_are_a_usage_error(sim_bundle, tmp_path, monkeypatch):
+    for key in ("SKUSCALE_BUNDLE", "SKUSCALE_DATA_DIR"):
+        monkeypatch.setenv(key, "")
+    monkeypatch.setenv("SKUSCALE_TOKENS", "")  # not JSON: pydantic-settings cannot parse it
+    result = runner.invoke(app, ["serve", str(sim_bundle), "--data-dir", str(tmp_path / "data"), "--port", "0"])
+    _clean_error(result, 2, "invalid settings", "tokens")

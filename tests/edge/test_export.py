@@ -179,6 +179,48 @@ def test_auto_policy_refits_only_when_the_fp32_thresholds_fail(bundle_dir, small
         assert (shipped >= fp32).all() and (shipped > fp32).any()
 
 
+def test_int8_export_leaves_out_the_excluded_sku_of_the_recorded_manifests(small_real, cache_dir, tmp_path):
+    # The bundle records the full training and validation manifests; its build dropped one SKU of them.
+    dropped = "Red-Beet"
+    bundle = tmp_path / "excl"
+    built = runner.invoke(app, [
+        "build", "--finetune-epochs", "0", "--train", str(small_real["train"]), "--val", str(small_real["val"]),
+        "--exclude-sku", dropped, "--out", str(bundle), "--cache-dir", str(cache_dir),
+    ])
+    assert built.exit_code == 0, built.output
+    assert dropped not in Bundle.load(bundle).skus
+    out, report = tmp_path / "excl8", tmp_path / "excl8.json"
+    # No --calibration / --eval: both manifests are re-read from bundle.json.
+    result = runner.invoke(app, ["export", str(bundle), "--int8", "--out", str(out), "--report", str(report),
+                                 "--cache-dir", str(cache_dir)])
+    q = json.loads(report.read_text())["quantization"]
+    assert result.exit_code == (0 if q["thresholds"]["passed"] else 1), result.output
+    kept = len(small_real["skus"]) - 1
+    assert q["calibration"]["n_images"] == 2 * kept and q["calibration"]["skus_left_out"] == [dropped]
+    assert q["thresholds"]["refit"]["n_images"] == 10 * kept  # --margin-per-sku 10 of the five SKUs' 10 photos
+    assert q["evaluation"]["n_images"] == 3 * kept and q["evaluation"]["skus_left_out"] == [dropped]
+    assert dropped not in {row["sku"] for row in q["impact"]["per_sku"]}
+    # The progress lines say what `--thresholds auto` does: measure, then keep or re-fit.
+    text = " ".join(result.output.split())
+    assert f"quantising the backbone on {2 * kept} calibration images (left out, not in the bundle: {dropped})" in text
+    assert "re-fitting the thresholds on the INT8 confidence movement" not in text
+    assert "measuring whether the fp32 thresholds hold on INT8" in text
+    if q["thresholds"]["method"] == "kept":
+        assert "the fp32 thresholds hold on INT8" in text and "keeping them" in text
+    else:
+        assert "the fp32 thresholds fail on INT8" in text and "re-fitting them by" in text
+    # The same manifests passed in again (as `build --device` does) are kept to the catalogue too.
+    again = runner.invoke(app, ["export", str(bundle), "--int8", "--thresholds", "refit", "--out", str(out),
+                                "--calibration", str(small_real["train"]), "--eval", str(small_real["val"]),
+                                "--report", str(report), "--cache-dir", str(cache_dir)])
+    q = json.loads(report.read_text())["quantization"]
+    assert again.exit_code == (0 if q["thresholds"]["passed"] else 1), again.output
+    assert (q["calibration"]["n_images"], q["evaluation"]["n_images"]) == (2 * kept, 3 * kept)
+    text = " ".join(again.output.split())
+    assert f"re-fitting the thresholds on the INT8 confidence movement of {10 * kept} calibration images" in text
+    assert "measuring whether the fp32 thresholds hold" not in text
+
+
 def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):
     _, doc = int8_export
     q = doc["quantization"]
@@ -213,7 +255,7 @@ def test_export_library_refuses_to_replace_a_folder_that_is_not_a_bundle(bundle_
     with pytest.raises(SkuscaleError, match="neither empty nor a skuscale bundle"):
         export_bundle(bundle_dir, precious)
     assert (precious / "notes.txt").read_text() == "important"
-    assert not (tmp_path / "precious.partial").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
 def test_build_records_device_sizing(bundle_dir):

@@ -167,5 +167,5 @@ def test_report_and_cli(tmp_path, catalogue):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,sku\nx.jpg,a\n")
     res = runner.invoke(app, ["forecast", "--train", str(manifest), "--to", "10", "--out", str(out)])
-    assert res.exit_code == 1 and "--bundle" in res.output
+    assert res.exit_code == 2 and "--bundle" in res.output
     assert runner.invoke(app, ["forecast", "--train", str(path), "--to", "1", "--out", str(out)]).exit_code == 2

@@ -32,4 +32,4 @@ def test_forecast_on_real_image_manifests(small_real, tmp_path):
     assert sizes[-1] == 12 and top1[-1] <= top1[sizes.index(6)] <= 1.0
     # Images need a backbone: the manifest without --bundle is refused with a clear message.
     refused = runner.invoke(app, ["forecast", "--train", str(small_real["train"]), "--to", "12", "--out", str(out)])
-    assert refused.exit_code == 1 and "--bundle" in refused.output
+    assert refused.exit_code == 2 and "--bundle" in refused.output

@@ -25,27 +25,76 @@ def _pts(value) -> str:
     return "-" if value is None else f"{value:+.1f}"
 
 
+#: Options that only an INT8 export reads (parameter name → flag).
+INT8_ONLY = {
+    "calibration": "--calibration",
+    "calibration_per_sku": "--calibration-per-sku",
+    "exclude_node": "--exclude-node",
+    "thresholds": "--thresholds",
+    "keep_thresholds": "--keep-thresholds",
+    "margin_per_sku": "--margin-per-sku",
+    "margin_quantile": "--margin-quantile",
+}
+#: Options that only the threshold re-fit reads; ``--thresholds keep`` never runs it.
+REFIT_ONLY = ("margin_per_sku", "margin_quantile")
+
+
+def _usage_error(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def option_problem(given: set[str], *, int8: bool, thresholds: str, keep_thresholds: bool) -> str | None:
+    """Why the options named in ``given`` (parameter names set on the command line) contradict each other.
+
+    An option that the export would ignore is refused rather than dropped silently.
+    """
+    if not int8:
+        ignored = [flag for name, flag in INT8_ONLY.items() if name in given]
+        if ignored:
+            one = len(ignored) == 1
+            return (f"{', '.join(ignored)} {'applies' if one else 'apply'} only to an INT8 export; add --int8 or "
+                    f"leave {'it' if one else 'them'} out (an fp32 export quantises nothing and keeps the "
+                    "bundle's thresholds)")
+        return None
+    if keep_thresholds and "thresholds" in given and thresholds != "keep":
+        return f"--keep-thresholds contradicts --thresholds {thresholds} (--keep-thresholds means --thresholds keep)"
+    if keep_thresholds or thresholds == "keep":
+        ignored = [INT8_ONLY[name] for name in REFIT_ONLY if name in given]
+        if ignored:
+            keep = "--keep-thresholds" if keep_thresholds else "--thresholds keep"
+            return (f"{', '.join(ignored)} set{'s' if len(ignored) == 1 else ''} the threshold re-fit, which "
+                    f"{keep} never runs; leave {'it' if len(ignored) == 1 else 'them'} out or use --thresholds "
+                    "auto or refit")
+    return None
+
+
 def export(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     out: Annotated[Path, typer.Option(help="Edge bundle folder to write (bundle + pipeline.onnx).")],
     int8: Annotated[bool, typer.Option("--int8", help="Quantise the backbone (static QDQ INT8).")] = False,
     calibration: Annotated[Path | None, typer.Option(
-        help="Calibration manifest (default: the bundle's training manifest).")] = None,
+        help="--int8 only: calibration manifest (default: the bundle's training manifest, kept to its SKUs).")] = None,
     evaluation: Annotated[Path | None, typer.Option(
-        "--eval", help="Manifest for the fp32 vs INT8 per-SKU table (default: the bundle's validation manifest).")
+        "--eval", help="Manifest of the pipeline check images and, with --int8, of the fp32 vs INT8 per-SKU table "
+             "(default: the bundle's validation manifest).")
     ] = None,
-    calibration_per_sku: Annotated[int, typer.Option(help="Calibration images per SKU.")] = 2,
-    exclude_node: Annotated[list[str] | None, typer.Option(help="Backbone node kept in fp32 (repeatable).")] = None,
+    calibration_per_sku: Annotated[int, typer.Option(help="--int8 only: calibration images per SKU.")] = 2,
+    exclude_node: Annotated[list[str] | None, typer.Option(
+        help="--int8 only: backbone node kept in fp32 (repeatable).")] = None,
     thresholds: Annotated[str, typer.Option(
-        help="auto: ship the fp32 thresholds if they pass verification on INT8 embeddings of the --eval images, "
-             "else raise them by the INT8 confidence movement measured on calibration images; refit: always "
-             "raise them; keep: always ship the fp32 thresholds (still verified).")] = "auto",
+        help="--int8 only. auto: ship the fp32 thresholds if they pass verification on INT8 embeddings of the "
+             "--eval images, else raise them by the INT8 confidence movement measured on calibration images; "
+             "refit: always raise them; keep: always ship the fp32 thresholds (still verified).")] = "auto",
     keep_thresholds: Annotated[bool, typer.Option(
-        "--keep-thresholds", help="Same as --thresholds keep.")] = False,
+        "--keep-thresholds", help="--int8 only: same as --thresholds keep.")] = False,
     margin_per_sku: Annotated[int, typer.Option(
-        help="Calibration images per SKU on which the INT8 confidence movement is measured.")] = 10,
+        help="--int8, re-fit only: calibration images per SKU on which the INT8 confidence movement is "
+             "measured.")] = 10,
     margin_quantile: Annotated[float, typer.Option(
-        help="Quantile of that movement (log-odds, images near their threshold) added to every threshold.")] = 0.9,
+        help="--int8, re-fit only: quantile of that movement (log-odds, images near their threshold) added to "
+             "every threshold.")] = 0.9,
     report: Annotated[Path | None, typer.Option(help="Write the export report (JSON) here.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder.")] = None,
 ) -> None:
@@ -54,14 +103,16 @@ def export(
     from skuscale.edge.export import export_bundle
 
     if calibration_per_sku < 1 or margin_per_sku < 1:
-        console.print("[bold red]error:[/] --calibration-per-sku and --margin-per-sku must be at least 1")
-        raise typer.Exit(2)
+        _usage_error("--calibration-per-sku and --margin-per-sku must be at least 1")
     if thresholds not in ("auto", "refit", "keep"):
-        console.print("[bold red]error:[/] --thresholds must be auto, refit or keep")
-        raise typer.Exit(2)
+        _usage_error(f"--thresholds must be auto, refit or keep, got {thresholds!r}")
     if not 0.0 < margin_quantile <= 1.0:
-        console.print("[bold red]error:[/] --margin-quantile must be in (0, 1]")
-        raise typer.Exit(2)
+        _usage_error("--margin-quantile must be in (0, 1]")
+    # Typer carries its own copy of click, so the source is compared by name.
+    given = {name for name in INT8_ONLY
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    if problem := option_problem(given, int8=int8, thresholds=thresholds, keep_thresholds=keep_thresholds):
+        _usage_error(problem)
     try:
         # Before any work: --out is replaced only when it is empty or an earlier bundle.
         check_out_folder(out)

@@ -19,6 +19,18 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def input_problem(train: Path, *, val: Path | None = None, bundle: Path | None = None) -> str | None:
+    """Why ``--train`` / ``--val`` / ``--bundle`` do not go together (a usage error), or None."""
+    if train.suffix == ".npz":
+        if val is not None:
+            return "--val applies to image manifests; an embedding file carries its own split column"
+        if bundle is not None:
+            return "--bundle embeds image manifests; an embedding file (.npz) is used as it is"
+    elif bundle is None:
+        return "images need --bundle BUNDLE to embed them with its backbone (or pass an .npz file)"
+    return None
+
+
 def load_forecast_data(train: Path, *, val: Path | None = None, bundle: Path | None = None,
                        cache_dir: Path | None = None):
     """An :class:`~skuscale.data.embeddings.EmbeddingDataset` from an embedding file or image manifests.
@@ -27,12 +39,10 @@ def load_forecast_data(train: Path, *, val: Path | None = None, bundle: Path | N
     """
     from skuscale.data.embeddings import EmbeddingDataset, load_embeddings
 
+    if problem := input_problem(train, val=val, bundle=bundle):
+        raise SkuscaleError(problem)
     if train.suffix == ".npz":
-        if val is not None:
-            raise SkuscaleError("--val applies to image manifests; an embedding file carries its own split column")
         return load_embeddings(train)
-    if bundle is None:
-        raise SkuscaleError("images need --bundle BUNDLE to embed them with its backbone (or pass an .npz file)")
     from skuscale.build import default_cache_dir
     from skuscale.bundle import Bundle
     from skuscale.data import load_dataset
@@ -86,6 +96,8 @@ def forecast(
         _fail("--target-precision must be in [0.5, 1)", 2)
     if unknown_share is not None and not 0.0 <= unknown_share < 1.0:
         _fail("--unknown-share must be in [0, 1)", 2)
+    if problem := input_problem(train, val=val, bundle=bundle):
+        _fail(problem, 2)
     if problem := output_folder_problem(out, "--out"):
         _fail(problem, 2)
     try:

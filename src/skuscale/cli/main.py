@@ -45,6 +45,12 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def no_backbone_message(what: str, bundle: Path) -> str:
+    """Why a bundle built from an embedding file cannot ``what`` (it has no image backbone), and what it can do."""
+    return (f"cannot {what}: bundle {bundle} was built from embeddings and has no image backbone "
+            "(score it on an embedding file: skuscale evaluate BUNDLE --embeddings FILE)")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -218,6 +224,8 @@ def predict(
 
     try:
         b = Bundle.load(bundle)
+        if not b.backbone.get("onnx"):
+            fail(no_backbone_message("predict on images", bundle))
         b.embedder()
     except SkuscaleError as exc:
         fail(str(exc))
@@ -259,10 +267,12 @@ def evaluate(
     """Evaluate a bundle; SKUs outside its catalogue count as unknown products."""
     from skuscale.bundle import Bundle
     from skuscale.cli.progress import image_progress
-    from skuscale.evaluate import evaluate_bundle, evaluate_embeddings
+    from skuscale.evaluate import EvaluationInputError, evaluate_bundle, evaluate_embeddings
 
     if (data is None) == (embeddings is None):
         fail("give exactly one of --data (images) or --embeddings (an embedding file)", 2)
+    if split is not None and embeddings is None:
+        fail("--split selects rows of an --embeddings file; it does not apply to --data", 2)
     if json_out is not None and (problem := output_file_problem(json_out, "--json")):
         fail(problem, 2)
     try:
@@ -270,9 +280,13 @@ def evaluate(
         if embeddings is not None:
             metrics = evaluate_embeddings(b, embeddings, split=split)
         else:
+            if not b.backbone.get("onnx"):
+                fail(no_backbone_message("evaluate images", bundle))
             with image_progress() as bar:
                 task = bar.add_task("predicting", total=None)
                 metrics = evaluate_bundle(b, data, progress=lambda n: bar.advance(task, n))
+    except EvaluationInputError as exc:
+        fail(str(exc), 2)
     except (SkuscaleError, ValueError) as exc:
         fail(str(exc))
     simulated = " [bold yellow](SIMULATED)[/]" if metrics.get("simulated") else ""

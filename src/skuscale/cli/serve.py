@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -37,6 +38,21 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def built_from_embeddings(bundle: Path) -> bool:
+    """Whether ``bundle``'s ``bundle.json`` says it has no image backbone (built from an embedding file).
+
+    Read directly, before any worker starts; an unreadable bundle is left for the service to report.
+    """
+    from skuscale.bundle import MANIFEST
+
+    try:
+        doc = json.loads((bundle / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    backbone = doc.get("backbone") if isinstance(doc, dict) else None
+    return isinstance(backbone, dict) and not backbone.get("onnx")
+
+
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder (read-only).")],
     db: Annotated[
@@ -60,7 +76,9 @@ def serve(
     """
     import uvicorn
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
+    from skuscale.cli.main import no_backbone_message
     from skuscale.exceptions import SkuscaleError
     from skuscale.serve.app import create_app
     from skuscale.serve.settings import ServeSettings
@@ -75,9 +93,14 @@ def serve(
         os.environ["SKUSCALE_REFERENCE_MANIFEST"] = str(reference.resolve())
     try:
         settings = ServeSettings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
+        # SettingsError: a SKUSCALE_* variable that cannot even be parsed (an empty list variable, say).
         console.print(f"[bold red]error:[/] invalid settings: {exc}", highlight=False)
         raise typer.Exit(2) from None
+    if built_from_embeddings(bundle):
+        # Checked here, before the service (or its workers) load the bundle, to give this command's advice.
+        console.print(f"[bold red]error:[/] {no_backbone_message('serve images', bundle)}", highlight=False)
+        raise typer.Exit(1)
     if not settings.tokens:
         console.print("[yellow]warning:[/] no SKUSCALE_TOKENS configured: every /v1 call will answer 401")
     if workers == 1:

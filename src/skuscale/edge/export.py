@@ -57,6 +57,51 @@ def _recorded_manifest(bundle: Bundle, key: str) -> Path | None:
     return None
 
 
+def _is_recorded(bundle: Bundle, path: Path) -> bool:
+    """Whether ``path`` is the training or validation manifest recorded in ``bundle``."""
+    recorded = [_recorded_manifest(bundle, key) for key in ("train", "val")]
+    return any(r is not None and r.resolve() == path.resolve() for r in recorded)
+
+
+def catalogue_only(ds: Dataset, bundle: Bundle) -> tuple[Dataset, list[str]]:
+    """The items of ``ds`` whose SKU is in ``bundle``'s catalogue, and the SKUs left out (sorted).
+
+    A bundle's recorded training manifest still lists the SKUs its build dropped with
+    ``--exclude-sku`` (``metadata["training"]["excluded_skus"]``): re-read by the export,
+    their photos must not calibrate the INT8 ranges or score the comparison.
+    """
+    excluded = set((bundle.metadata.get("training") or {}).get("excluded_skus") or ())
+    catalogue = set(bundle.skus) - excluded
+    keep = np.array([item.sku in catalogue for item in ds.items], dtype=bool)
+    left_out = sorted({item.sku for item in ds.items} - catalogue)
+    return ds.subset(keep), left_out
+
+
+def _load_manifest(path: Path, bundle: Bundle, *, recorded: bool) -> tuple[Dataset, list[str]]:
+    """A manifest as given, or (``recorded``: the bundle's own) kept to the bundle's catalogue."""
+    ds = load_dataset(path)
+    if not recorded:
+        return ds, []
+    ds, left_out = catalogue_only(ds, bundle)
+    if len(ds) == 0:
+        raise SkuscaleError(f"{path}, the manifest recorded in bundle.json, has no images of the bundle's SKUs")
+    return ds, left_out
+
+
+def _auto_decision(kept: dict, refit: dict | None) -> str:
+    """What ``--thresholds auto`` decided, from the verification of the fp32 thresholds on INT8."""
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    p8, needed = kept["auto_precision_int8"], kept["required_auto_precision"]
+    if kept["passed"]:
+        how = "INT8 accepts nothing" if p8 is None else f"auto-accept precision {pct(p8)} >= {pct(needed)} required"
+        return f"the fp32 thresholds hold on INT8 ({how}): keeping them"
+    margin = f" by +{refit['sku_margin']['margin']:.2f} log-odds" if refit else ""
+    return (f"the fp32 thresholds fail on INT8 (auto-accept precision {pct(p8)} < {pct(needed)} required): "
+            f"re-fitting them{margin}")
+
+
 def check_pipeline(bundle: Bundle, pipeline_path: Path, backbone_path: Path, paths: Sequence[Path]) -> dict:
     """Run the one-graph pipeline and the Python stack (same backbone file) on ``paths``; returns the agreement."""
     from skuscale.data.images import load_image
@@ -152,24 +197,40 @@ def export_bundle(
         )
     if margin_per_sku < 1:
         raise SkuscaleError(f"margin_per_sku must be at least 1, got {margin_per_sku}")
+    if keep_thresholds and thresholds_policy not in ("auto", "keep"):
+        raise ValueError(f"keep_thresholds contradicts thresholds_policy={thresholds_policy!r}")
     if bundle.backbone.get("precision", "fp32") != "fp32" and int8:
         raise SkuscaleError(f"bundle {src} is already quantised ({bundle.backbone['precision']})")
-    cal_manifest = Path(calibration) if calibration else _recorded_manifest(bundle, "train")
+    # The bundle's own training / validation manifests (re-read from bundle.json, or passed in again,
+    # as `skuscale build --device` does) are kept to its catalogue; other manifests are used as given.
+    if calibration:
+        cal_manifest = Path(calibration)
+        cal_recorded = _is_recorded(bundle, cal_manifest)
+    else:
+        cal_manifest, cal_recorded = _recorded_manifest(bundle, "train"), True
     if int8 and cal_manifest is None:
         raise SkuscaleError("no calibration images: pass --calibration MANIFEST (the bundle's training manifest "
                             "is not readable from here)")
-    eval_manifest = Path(evaluation) if evaluation else (_recorded_manifest(bundle, "val") or cal_manifest)
+    if evaluation:
+        eval_manifest = Path(evaluation)
+        eval_recorded = _is_recorded(bundle, eval_manifest)
+    elif (recorded_val := _recorded_manifest(bundle, "val")) is not None:
+        eval_manifest, eval_recorded = recorded_val, True
+    else:
+        eval_manifest, eval_recorded = cal_manifest, cal_recorded
 
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging)
+    from skuscale.build import staging_folder_for
+
+    staging = staging_folder_for(out)  # a new, uniquely named folder: never one of the user's
     backbone = dict(bundle.backbone)
     metadata = dict(bundle.metadata)
     report: dict[str, Any] = {"source": str(src), "int8": bool(int8)}
     try:
+        shutil.copytree(src, staging, dirs_exist_ok=True)
         fp32_backbone = src / bundle.backbone["onnx"]
         edge_backbone = staging / bundle.backbone["onnx"]
-        eval_ds = load_dataset(eval_manifest) if eval_manifest else None
+        eval_ds, eval_left_out = (_load_manifest(eval_manifest, bundle, recorded=eval_recorded) if eval_manifest
+                                  else (None, []))
         edge_model = bundle.model
         if int8:
             from skuscale.edge.quantize import (
@@ -182,9 +243,10 @@ def export_bundle(
             from skuscale.embed.onnx_embedder import OnnxEmbedder
             from skuscale.embed.pipeline import embed_paths
 
-            cal_ds = load_dataset(cal_manifest)
+            cal_ds, cal_left_out = _load_manifest(cal_manifest, bundle, recorded=cal_recorded)
             cal_paths = spread_sample(cal_ds, calibration_per_sku)
-            say(f"quantising the backbone on {len(cal_paths)} calibration images")
+            say(f"quantising the backbone on {len(cal_paths)} calibration images"
+                + (f" (left out, not in the bundle: {', '.join(cal_left_out)})" if cal_left_out else ""))
             quantize_backbone(fp32_backbone, edge_backbone, cal_paths, bundle.preprocessing,
                               exclude_nodes=exclude_nodes)
             cache = EmbeddingCache(cache_dir or default_cache_dir())
@@ -198,13 +260,17 @@ def export_bundle(
             if policy != "keep":
                 margin_paths = spread_sample(cal_ds, margin_per_sku)
                 say(f"re-fitting the thresholds on the INT8 confidence movement of {len(margin_paths)} "
-                    "calibration images")
+                    "calibration images" if policy == "refit" else
+                    f"measuring the INT8 confidence movement of {len(margin_paths)} calibration images "
+                    "(the re-fit margin, applied only if the fp32 thresholds fail on INT8)")
                 refit_model, refit = refit_thresholds(
                     bundle.model, embed_paths(margin_paths, emb32, cache=cache),
                     embed_paths(margin_paths, emb8, cache=cache),
                     quantile=MARGIN_QUANTILE if margin_quantile is None else margin_quantile)
                 refit["images"] = {"manifest": str(cal_manifest), "per_sku": margin_per_sku}
-            say(f"comparing fp32 and INT8 on {len(eval_ds)} images of {eval_manifest}")
+            say(f"comparing fp32 and INT8 on {len(eval_ds)} images of {eval_manifest}"
+                + (f" (left out, not in the bundle: {', '.join(eval_left_out)})" if eval_left_out else "")
+                + (": measuring whether the fp32 thresholds hold on INT8" if policy == "auto" else ""))
             X32 = embed_paths(eval_ds.paths, emb32, cache=cache)
             X8 = embed_paths(eval_ds.paths, emb8, cache=cache)
             counts = (bundle.metadata.get("training") or {}).get("train_counts")
@@ -212,6 +278,8 @@ def export_bundle(
             impact = int8_impact(bundle.model, X32, X8, eval_ds.labels, train_counts=counts)
             thresholds = verify_thresholds(impact, target, method="kept")
             kept = impact["overall"]
+            if policy == "auto":
+                say(_auto_decision(thresholds, refit))
             if policy == "refit" or (policy == "auto" and not thresholds["passed"]):
                 edge_model = refit_model
                 impact = int8_impact(bundle.model, X32, X8, eval_ds.labels, train_counts=counts,
@@ -232,10 +300,10 @@ def export_bundle(
             metadata["quantization"] = {
                 "method": "onnxruntime quantize_static, QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax",
                 "calibration": {"manifest": str(cal_manifest), "n_images": len(cal_paths),
-                                "per_sku": calibration_per_sku},
+                                "per_sku": calibration_per_sku, "skus_left_out": cal_left_out},
                 "excluded_nodes": list(exclude_nodes),
                 "evaluation": {"manifest": str(eval_manifest), "n_images": len(eval_ds),
-                               "n_seen_in_training": seen},
+                               "n_seen_in_training": seen, "skus_left_out": eval_left_out},
                 "fp32_backbone_sha256": _sha256(fp32_backbone),
                 "thresholds": thresholds,
                 "impact": impact,
