@@ -29,24 +29,8 @@ _HASH_CHUNK_BYTES = 1 << 20
 def check_image_file(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     """Check, without reading it, that an image file exists, is regular and is small enough.
 
-    Parameters
-    ----------
-    path : str or path-like
-        The image file.
-    max_bytes : int, default DEFAULT_MAX_BYTES
-        Largest accepted file size in bytes.
-
-    Returns
-    -------
-    int
-        The file's size in bytes.
-
-    Raises
-    ------
-    ImageError
-        If the file is missing, is not a regular file, or cannot be examined.
-    ImageTooLargeError
-        If the file is larger than ``max_bytes``.
+    Takes the arguments and raises the errors of :func:`read_image_bytes`; returns the
+    file's size in bytes.
     """
     path = Path(path)
     try:
@@ -102,24 +86,8 @@ def read_image_bytes(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_
 def hash_image_file(path: str | PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """SHA-256 of an image file's bytes, read in chunks so the file is never held whole.
 
-    Parameters
-    ----------
-    path : str or path-like
-        The image file.
-    max_bytes : int, default DEFAULT_MAX_BYTES
-        Largest accepted file size in bytes.
-
-    Returns
-    -------
-    bytes
-        The 32-byte digest, equal to ``hashlib.sha256(read_image_bytes(path)).digest()``.
-
-    Raises
-    ------
-    ImageError
-        If the file is missing, is not a regular file, or cannot be read.
-    ImageTooLargeError
-        If the file is larger than ``max_bytes``.
+    Takes the arguments and raises the errors of :func:`read_image_bytes`; returns the
+    32-byte digest, equal to ``hashlib.sha256(read_image_bytes(path)).digest()``.
     """
     path = Path(path)
     check_image_file(path, max_bytes=max_bytes)

@@ -26,28 +26,8 @@ def file_content_key(
 ) -> str:
     """:func:`content_key` of an image file, hashed in chunks instead of read whole.
 
-    Parameters
-    ----------
-    path : path
-        The image file.
-    backbone_id : str
-        Identity of the backbone weights.
-    preprocessing_id : str
-        Fingerprint of the preprocessing settings.
-    max_bytes : int, default DEFAULT_MAX_BYTES
-        Largest accepted file size in bytes.
-
-    Returns
-    -------
-    str
-        The same key :func:`content_key` gives for the file's bytes.
-
-    Raises
-    ------
-    ImageError
-        If the file is missing, is not a regular file, or cannot be read.
-    ImageTooLargeError
-        If the file is larger than ``max_bytes``.
+    The same key :func:`content_key` gives for the file's bytes; the file is checked
+    and read as by :func:`skuscale.data.images.hash_image_file` (same errors).
     """
     return content_key_from_digest(hash_image_file(path, max_bytes=max_bytes), backbone_id, preprocessing_id)
 
