@@ -140,3 +140,32 @@ def test_missing_bundle_and_missing_option_exit_two(small_real, tmp_path):
     assert result.exit_code == 2
     assert "not a skuscale bundle" in " ".join(result.output.split())
     assert runner.invoke(app, ["assess", str(tmp_path), "--out", str(tmp_path / "o")]).exit_code == 2
+
+
+def test_validation_images_that_are_training_images_are_not_scored_as_held_out(bundle_dir, small_real, cache_dir,
+                                                                               tmp_path):
+    import csv
+
+    def rows(path):
+        with open(path, newline="") as fh:
+            return [{**r, "path": str((Path(path).parent / r["path"]).resolve())} for r in csv.DictReader(fh)]
+
+    train_rows, val_rows = rows(small_real["train"]), rows(small_real["val"])
+    mixed = tmp_path / "mixed.csv"
+    with open(mixed, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "sku", "category"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("path", "sku", "category")} for r in val_rows + train_rows[:3])
+    config = tmp_path / "quick.yaml"
+    config.write_text("checks:\n  ood_heldout: {compare_detectors: false}\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["assess", str(bundle_dir), "--train", str(small_real["train"]), "--val", str(mixed),
+                                 "--out", str(out), "--cache-dir", str(cache_dir), "--config", str(config)])
+    assert result.exit_code in (0, 1), result.output
+    notes = " ".join(json.loads((out / "report.json").read_text())["notes"])
+    assert f"3 of the {len(val_rows) + 3} validation images are also training images" in notes
+    # All of them shared: nothing is held out, and that is refused.
+    result = runner.invoke(app, ["assess", str(bundle_dir), "--train", str(small_real["train"]),
+                                 "--val", str(small_real["train"]), "--out", str(tmp_path / "o2"),
+                                 "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 2 and "nothing would be held out" in " ".join(result.output.split())

@@ -123,6 +123,32 @@ def test_runner_isolates_errors_and_reports_skips(extra_checks):
     assert "error" in report["tail_view"]
 
 
+class _BrokenInputs(Check):
+    name = "zz_broken_inputs"
+    number = 97
+    title = "Its input test raises"
+
+    def missing_inputs(self, ctx):
+        raise RuntimeError("cannot even look")
+
+
+def test_a_check_whose_input_test_raises_is_an_error_not_a_crash(extra_checks, tmp_path):
+    register(_BrokenInputs)
+    try:
+        report = run_assessment(_toy_context())
+    finally:
+        CHECKS.pop("zz_broken_inputs")
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert by_name["zz_broken_inputs"]["status"] == "error"
+    assert "cannot even look" in by_name["zz_broken_inputs"]["summary"]
+    assert by_name["sample_balance"]["status"] == "pass"
+    # No check proposed an action, and the HTML must not call that "every check passed".
+    assert not report["actions"]
+    write_report(report, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "every check that ran passed" not in html and "raised an error" in html
+
+
 def test_all_pass_or_skipped_is_go():
     report = run_assessment(_toy_context())
     assert {c["status"] for c in report["checks"]} == {"pass", "skipped"}

@@ -13,13 +13,38 @@ def _cluster(center, n, noise, rng):
 
 
 def test_spread_and_centroid_known_answer():
-    # Two unit vectors at 90 degrees around e0: centroid e0 direction, cos = 1/sqrt(2) to each.
-    X = np.array([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 2.0]])
-    y = np.array(["a", "a", "b", "b"])
+    # Two unit vectors at 90 degrees around e0: centroid e0 direction, cos = 1/sqrt(2) to each,
+    # times n / (n - 1) = 2 for the centroid fitted on the same two images. b's point the same way.
+    X = np.array([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+    y = np.array(["a", "a", "b", "b", "c"])
     skus, centroids, spread = centroids_and_spread(X, y)
-    assert skus.tolist() == ["a", "b"]
+    assert skus.tolist() == ["a", "b", "c"]
     np.testing.assert_allclose(centroids[0], [1.0, 0.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(spread, [1 - 1 / np.sqrt(2), 0.0], atol=1e-12)
+    np.testing.assert_allclose(spread[:2], [2 * (1 - 1 / np.sqrt(2)), 0.0], atol=1e-12)
+    assert np.isnan(spread[2])  # one image: no spread to measure
+
+
+def test_spread_does_not_depend_on_how_many_images_a_sku_has():
+    """With the image itself in its centroid, few images read as a tight SKU (0 for one image)."""
+    rng = np.random.default_rng(3)
+    centre = np.eye(16)[0] * 6
+    typical = []
+    for n in (2, 3, 20):
+        X = np.vstack([_cluster(centre, n, 1.0, rng) for _ in range(300)])
+        typical.append(float(np.mean(centroids_and_spread(X, np.repeat(np.arange(300), n))[2])))
+    assert max(typical) / min(typical) < 1.15, typical
+
+
+def test_single_image_skus_are_left_out_of_the_typical_spread():
+    rng = np.random.default_rng(4)
+    eye = np.eye(8) * 10
+    X = np.vstack([_cluster(eye[i], 1, 1.0, rng) for i in range(6)] + [_cluster(eye[6], 10, 1.0, rng),
+                                                                       _cluster(eye[7], 10, 1.0, rng)])
+    y = np.array([f"one{i}" for i in range(6)] + ["g"] * 10 + ["h"] * 10)
+    result = assess_similarity(X, y)
+    assert result.threshold > 0.02  # the median of g's and h's spread, not 0
+    with pytest.raises(ValueError, match="at least two images"):
+        assess_similarity(X[:6], y[:6])
 
 
 def test_well_separated_skus_pass():

@@ -164,11 +164,15 @@ def heldout_predictions(ctx: AssessmentContext, *, n_folds: int = 5) -> HeldoutP
         probs = model.predict_proba(ctx.val_X)
         source = "validation images, predicted by the bundle's model (not fitted on them)"
         y_true = ctx.val_y
+        left_out = 0
     elif ctx.has_val:
         ctx.say("refitting the head on the training images to predict the validation images")
         head = cfg.make_head().fit(ctx.train_X, ctx.train_y, init=model.head)
-        logits = _aligned_logits(head, ctx.val_X, catalogue)
-        y_true = ctx.val_y
+        # A validation SKU without training images is unknown to the refitted head: not a held-out known image.
+        keep = np.isin(ctx.val_y, head.classes_)
+        left_out = int((~keep).sum())
+        logits = _aligned_logits(head, ctx.val_X[keep], catalogue)
+        y_true = ctx.val_y[keep]
         folds = blocked_folds(y_true, 2, rng)
         probs = _crossfit_temperature(logits, np.searchsorted(catalogue, y_true), folds)
         source = (
@@ -181,17 +185,27 @@ def heldout_predictions(ctx: AssessmentContext, *, n_folds: int = 5) -> HeldoutP
         y_true = ctx.train_y
         folds = blocked_folds(y_true, n_folds, rng)
         logits = np.zeros((y_true.size, catalogue.size), dtype=np.float32)
+        keep = np.zeros(y_true.size, bool)
         for f in range(n_folds):
             test = folds == f
             if test.any():
                 head = cfg.make_head().fit(ctx.train_X[~test], y_true[~test], init=model.head)
                 logits[test] = _aligned_logits(head, ctx.train_X[test], catalogue)
+                # A SKU whose every image is in this fold is unknown to its head (as in the build's fit).
+                keep[test] = np.isin(y_true[test], head.classes_)
+        left_out = int((~keep).sum())
+        logits, y_true, folds = logits[keep], y_true[keep], folds[keep]
         probs = _crossfit_temperature(logits, np.searchsorted(catalogue, y_true), folds)
         source = (
             f"{n_folds}-fold cross-validation over the training images (contiguous blocks per SKU, temperature "
             "cross-fitted); optimistic when a SKU's photos come from one shooting session: pass --val for "
             "photos from other sessions"
         )
+    if left_out:
+        source += (f"; {left_out} image(s) of SKUs with no image left to train the scoring head on were left out "
+                   "(a head cannot recognise a SKU it has not seen)")
+    if y_true.size == 0:
+        raise ValueError("no held-out image belongs to a SKU that the other images train a head on")
     return HeldoutPredictions(
         y_true=np.asarray(y_true).astype(str),
         y_pred=catalogue[probs.argmax(axis=1)],
@@ -291,6 +305,20 @@ def load_context(
         roles = _image_roles(bundle, [p.read_bytes() for p in ds.paths]) if label == "val" else None
         parts[label] = (X, ds.labels.astype(str), roles)
         part_paths[label] = ds.paths
+    if "val" in parts:
+        # An image in both manifests would be scored by a head trained on it and reported as held out.
+        from skuscale.data.images import hash_image_file
+
+        in_train = {hash_image_file(p) for p in part_paths["train"]}
+        shared = np.array([hash_image_file(p) in in_train for p in part_paths["val"]], dtype=bool)
+        if shared.all():
+            raise SkuscaleError(f"every image of {val} is also in {train}: nothing would be held out")
+        if shared.any():
+            notes.append(f"{int(shared.sum())} of the {shared.size} validation images are also training images; "
+                         "they were left out of the validation images")
+            X, y, roles = parts["val"]
+            parts["val"] = (X[~shared], y[~shared], roles[~shared])
+            part_paths["val"] = [p for p, s in zip(part_paths["val"], shared, strict=True) if not s]
     train_X, train_y, _ = parts["train"]
     val_X = val_y = None
     val_seen = False

@@ -127,6 +127,16 @@ def _check_extras(result: dict[str, Any], params: dict[str, Any] | None = None) 
     return ""
 
 
+def _no_actions(counts: dict[str, int]) -> str:
+    """The Actions section's text when no check proposed one."""
+    if counts.get("error"):
+        return (f"No actions proposed, but {counts['error']} check(s) raised an error and measured nothing: "
+                "see the checks above.")
+    if counts.get("fail"):
+        return "No actions proposed by the failing checks: see the checks above."
+    return "None: every check that ran passed."
+
+
 def _tail_section(tail: dict[str, Any]) -> str:
     if "error" in tail:
         return f"<p>Tail view unavailable: {escape(tail['error'])}</p>"
@@ -277,7 +287,7 @@ def render_html(report: dict[str, Any], *, figures: bool = True) -> str:
 <h2>Checks</h2>
 <table><thead><tr><th>#</th><th>check</th><th>value</th><th>threshold</th><th>verdict</th><th>summary</th></tr>
 </thead><tbody>{summary_rows}</tbody></table>
-<h2>Actions</h2>{f"<ul>{actions}</ul>" if actions else "<p>None: every check that ran passed.</p>"}
+<h2>Actions</h2>{f"<ul>{actions}</ul>" if actions else f"<p>{escape(_no_actions(report['counts']))}</p>"}
 <h2>Coupled risks</h2>
 <p class="muted">Pairs of checks that are both within {report['config']['coupled_risks']['margin']:.0%} of their
 thresholds (or past them) at the same time.</p>

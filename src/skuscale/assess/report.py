@@ -145,15 +145,16 @@ def tail_view(y_true, y_pred, confidence, train_counts, *, n_bins: int = 15) -> 
 
 def _run_one(check, ctx: AssessmentContext, config: AssessConfig) -> CheckResult:
     started = time.perf_counter()
-    reason = check.missing_inputs(ctx)
-    if reason:
-        result = check.result(SKIPPED, summary=f"skipped: {reason}")
-    else:
-        try:
+    try:
+        # Inside the try too: a plugin's input test can fail like its run.
+        reason = check.missing_inputs(ctx)
+        if reason:
+            result = check.result(SKIPPED, summary=f"skipped: {reason}")
+        else:
             result = check.run(ctx, config.params_for(check))
-        except Exception as exc:  # one broken check must not lose the others
-            result = check.result(ERROR, summary=f"{type(exc).__name__}: {exc}",
-                                  details={"traceback": traceback.format_exc(limit=8)})
+    except Exception as exc:  # one broken check must not lose the others
+        result = check.result(ERROR, summary=f"{type(exc).__name__}: {exc}",
+                              details={"traceback": traceback.format_exc(limit=8)})
     result.seconds = time.perf_counter() - started
     return result
 

@@ -16,9 +16,11 @@ from skuscale.assess.base import Check, CheckResult, register, verdict
 def centroids_and_spread(X, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit-norm SKU centroids and each SKU's within-SKU spread, on L2-normalised embeddings.
 
-    The centroid of SKU ``s`` is the normalised mean of its normalised embeddings;
-    its spread is the mean cosine distance ``1 - cos(x, c_s)`` of its embeddings to
-    that centroid.
+    The centroid of SKU ``s`` is the normalised mean of its normalised embeddings.
+    Its spread is the mean cosine distance ``1 - cos(x, c_s)`` of its embeddings to
+    that centroid, times ``n / (n - 1)`` for ``n`` images: the centroid is fitted on the
+    same images, which understates the spread by that factor (to 0 for one image). A
+    SKU with one image has no spread (NaN).
 
     Returns
     -------
@@ -33,8 +35,11 @@ def centroids_and_spread(X, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sums = np.zeros((skus.size, Z.shape[1]))
     np.add.at(sums, idx, Z)
     centroids = l2_normalize(sums)
+    counts = np.bincount(idx, minlength=skus.size)
     dist_to_own = 1.0 - np.einsum("ij,ij->i", Z, centroids[idx])
-    spread = np.bincount(idx, weights=dist_to_own, minlength=skus.size) / np.bincount(idx, minlength=skus.size)
+    spread = np.full(skus.size, np.nan)
+    multi = counts > 1
+    spread[multi] = np.bincount(idx, weights=dist_to_own, minlength=skus.size)[multi] / (counts[multi] - 1)
     return skus, centroids, spread
 
 
@@ -90,10 +95,12 @@ def assess_similarity(X, y, *, bottom_fraction: float = 0.05, merge_factor: floa
     skus, centroids, spread = centroids_and_spread(X, y)
     if skus.size < 2:
         raise ValueError("visual similarity needs at least two SKUs")
-    typical = float(np.median(spread)) * spread_factor
+    if not np.isfinite(spread).any():
+        raise ValueError("visual similarity needs a SKU with at least two images to measure the within-SKU spread")
+    typical = float(np.nanmedian(spread)) * spread_factor
     pairs, all_dist = close_pairs(skus, centroids, bottom_fraction=bottom_fraction)
     s2c = dict(sku_to_category or {})
-    spread_of = dict(zip(skus.tolist(), spread.tolist(), strict=True))
+    spread_of = {s: (float(v) if np.isfinite(v) else None) for s, v in zip(skus.tolist(), spread, strict=True)}
     rows: list[dict[str, Any]] = [
         {"sku_a": a, "sku_b": b, "distance": d, "spread_a": spread_of[a], "spread_b": spread_of[b],
          "category_a": s2c.get(a), "category_b": s2c.get(b), "closer_than_spread": d < typical,
