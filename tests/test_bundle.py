@@ -347,3 +347,46 @@ def test_binary_manifest_is_refused(saved):
     (saved / MANIFEST).write_bytes(b"\xff\xfe\x00 not text")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.load(saved)
+
+
+# -- the edge export's one-graph pipeline --------------------------------------------------
+
+
+def _save_edge(tmp_path: Path) -> Path:
+    """A bundle whose bundle.json names pipeline.onnx under ``edge``, as ``skuscale export`` writes it."""
+    import hashlib
+
+    root = tmp_path / "edge"
+    root.mkdir()
+    (root / "backbone.onnx").write_bytes(b"not really onnx \x00\x01\x02")
+    (root / "pipeline.onnx").write_bytes(b"not really a pipeline \x00\x01")
+    bundle = make_bundle()
+    bundle.metadata["edge"] = {"pipeline": "pipeline.onnx",
+                               "pipeline_sha256": hashlib.sha256((root / "pipeline.onnx").read_bytes()).hexdigest()}
+    bundle.save(root)
+    return root
+
+
+def test_edge_pipeline_is_checked_like_the_other_files(tmp_path):
+    root = _save_edge(tmp_path)
+    assert Bundle.load(root).metadata["edge"]["pipeline"] == "pipeline.onnx"
+    _flip_last_byte(root / "pipeline.onnx")
+    with pytest.raises(BundleError, match=r"pipeline\.onnx has been modified"):
+        Bundle.load(root)
+    (root / "pipeline.onnx").unlink()
+    with pytest.raises(BundleError, match=r"pipeline\.onnx is missing"):
+        Bundle.load(root)
+
+
+@pytest.mark.parametrize(("edge", "needle"), [
+    ({"pipeline": "pipeline.onnx"}, "records no pipeline_sha256"),
+    ({"pipeline": "../pipeline.onnx", "pipeline_sha256": "0" * 64}, "not a file name"),
+    ("pipeline.onnx", "edge is not an object"),
+])
+def test_malformed_edge_record_is_refused(tmp_path, edge, needle):
+    root = _save_edge(tmp_path)
+    doc = json.loads((root / MANIFEST).read_text())
+    doc["edge"] = edge
+    (root / MANIFEST).write_text(json.dumps(_resign(doc)))
+    with pytest.raises(BundleError, match=needle):
+        Bundle.load(root)

@@ -1,7 +1,8 @@
 """The bundle: a folder with the ONNX backbone, numpy arrays and ``bundle.json``.
 
-Loading checks the format version and the sha256 of every file, and refuses a
-tampered or incompatible bundle. No pickle is involved anywhere: arrays are
+Loading checks the format version and the sha256 of every file (and of the one-graph
+pipeline an edge export records under ``edge``), and refuses a tampered or
+incompatible bundle. No pickle is involved anywhere: arrays are
 ``.npz`` loaded with ``allow_pickle=False`` and everything else is JSON.
 """
 
@@ -105,6 +106,34 @@ def load_estimator(root: Path, meta: dict[str, Any], classes: dict[str, type[Bas
         state = {k: npz[k] for k in npz.files}
     state.update(meta.get("scalars", {}))
     return klass.from_state(meta["params"], state)
+
+
+def _edge_pipeline_problems(root: Path, edge: Any, files: dict[str, Any]) -> list[str]:
+    """What is wrong with the one-graph pipeline that ``bundle.json["edge"]`` names (nothing without one).
+
+    ``skuscale export`` records the pipeline's sha256 under ``edge.pipeline_sha256``
+    rather than in ``files``; it is checked the same way.
+    """
+    if edge is None:
+        return []
+    if not isinstance(edge, dict):
+        return [f"{MANIFEST}: edge is not an object"]
+    name = edge.get("pipeline")
+    if name is None:
+        return []
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        return [f"{MANIFEST}: edge.pipeline is not a file name ({name!r})"]
+    if name in files:  # already checked with the other files
+        return []
+    digest = edge.get("pipeline_sha256")
+    path = root / name
+    if not isinstance(digest, str):
+        return [f"{MANIFEST}: edge names {name} but records no pipeline_sha256"]
+    if not path.is_file():
+        return [f"{name} is missing"]
+    if _sha256(path) != digest:
+        return [f"{name} has been modified (sha256 mismatch with edge.pipeline_sha256)"]
+    return []
 
 
 @dataclass
@@ -234,6 +263,7 @@ class Bundle:
                 problems.append(f"{name} is missing")
             elif _sha256(path) != digest:
                 problems.append(f"{name} has been modified (sha256 mismatch)")
+        problems += _edge_pipeline_problems(root, doc.get("edge"), files)
         if problems:
             raise BundleError(f"refusing bundle {root}: " + "; ".join(problems))
         try:

@@ -77,3 +77,22 @@ def test_dimension_mismatch_is_refused():
     model, _ = _model("msp")
     with pytest.raises(SkuscaleError, match="16-d"):
         build_decision_graph(model, dim=32)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_pipeline_runner_refuses_non_finite_input(tmp_path, bad):
+    import onnx
+
+    from skuscale.edge.pipeline import PipelineRunner
+
+    model, X = _model("msp")
+    path = tmp_path / "decision.onnx"
+    onnx.save(build_decision_graph(model, dim=X.shape[1]), str(path))
+    runner = PipelineRunner(path)
+    assert runner.run(X[:4])["band"].shape == (4,)
+    X = X[:4].copy()
+    X[2, 5] = bad
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(in 1 of 4 images"):
+        runner.run(X)
+    with pytest.raises(ValueError, match="numeric"):
+        runner.run(np.full((1, X.shape[1]), "x"))

@@ -84,13 +84,14 @@ def test_one_graph_agrees_with_python_on_real_images(fp32_export, real_paths):
     assert report["max_ood_score_diff"] <= 1e-4
 
 
-def test_pipeline_metadata_names_the_catalogue(fp32_export):
+def test_pipeline_metadata_names_the_catalogue(fp32_export, small_real):
     bundle = Bundle.load(fp32_export)
     pipe = PipelineRunner(fp32_export / PIPELINE_FILE)
     assert pipe.skus == bundle.skus
     assert pipe.categories == bundle.model.router.categories()
     doc = json.loads((fp32_export / "bundle.json").read_text())
     assert doc["edge"]["pipeline_check"]["band_agreement"] >= 0.99
+    assert doc["edge"]["pipeline_check"]["manifest"] == str(small_real["val"])  # where the check images came from
     assert doc["backbone"].get("precision", "fp32") == "fp32"
 
 
@@ -237,6 +238,53 @@ def test_int8_report_has_per_sku_table(int8_export, small_real, bundle_dir):
     assert changes == sorted(changes)  # worst SKU first
     assert section["thresholds"] == q["thresholds"]
     assert quantization_section(Bundle.load(bundle_dir)) is None
+
+
+def test_fp32_export_without_check_images_is_refused(bundle_dir, tmp_path):
+    import shutil
+
+    from skuscale.bundle import _manifest_digest
+
+    # A bundle moved to another machine: the manifests recorded in bundle.json are not readable there.
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle_dir, moved)
+    doc = json.loads((moved / "bundle.json").read_text())
+    doc["training"]["train"] = str(tmp_path / "gone" / "train.csv")
+    doc["training"]["val"] = str(tmp_path / "gone" / "val.csv")
+    doc["manifest_sha256"] = _manifest_digest(doc)
+    (moved / "bundle.json").write_text(json.dumps(doc))
+    out = tmp_path / "edge"
+    result = runner.invoke(app, ["export", str(moved), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "no images to check the exported pipeline" in text and "--eval MANIFEST" in text
+    assert not out.exists()
+
+
+def test_int8_export_refuses_an_unknown_exclude_node(bundle_dir, small_real, cache_dir, tmp_path):
+    out = tmp_path / "edge8"
+    result = runner.invoke(app, ["export", str(bundle_dir), "--int8", "--calibration", str(small_real["train"]),
+                                 "--eval", str(small_real["val"]), "--exclude-node", "/_conv_stem/Conv",
+                                 "--exclude-node", "/_conv_stem/static_padding/Pad", "--out", str(out),
+                                 "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    # the Pad node exists in backbone.onnx, but ONNX Runtime's pre-processing folds it into the convolution
+    assert "no node named '/_conv_stem/static_padding/Pad'" in text and "for example /_conv_stem/Conv" in text
+    assert not out.exists()
+
+
+def test_pipeline_file_is_verified_on_load(fp32_export, tmp_path):
+    import shutil
+
+    from skuscale.exceptions import BundleError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_export, copy)
+    with open(copy / PIPELINE_FILE, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match=r"pipeline\.onnx has been modified"):
+        Bundle.load(copy)
 
 
 def test_export_refuses_same_folder(bundle_dir):

@@ -85,3 +85,41 @@ def test_stage_counts_a_shared_pca_basis_once():
     rows = k * (dim + 4 + 4)  # int8 rows, float32 bias and scale per row
     assert stage.nbytes() == 2 * rows + basis + 4 * k
     assert stage.head.basis_nbytes() == stage.prototypes.basis_nbytes() == basis
+
+
+@pytest.mark.parametrize("detector", ["msp", "energy"])
+def test_stage_scores_logit_detectors_at_their_own_temperature(detector):
+    # The detector's temperature (1.3) differs from the model's (1.7): the router's OOD cut-off was fitted on
+    # the detector's scores, so the stage must compute those, not -confidence.
+    model, X = _model(detector)
+    assert model.detector.temperature != model.temperature
+    stage = ScalableDecisionStage.from_model(model)
+    d, ref = stage.decide(X), model.decide_arrays(X)
+    np.testing.assert_array_equal(d["band"], ref["band"])
+    assert set(np.unique(ref["band"])) == {0, 1, 2}
+    np.testing.assert_allclose(d["ood_score"], model.ood_scores(X), rtol=1e-5, atol=1e-5)
+    assert (stage.ood_detector, stage.ood_temperature) == (detector, model.detector.temperature)
+
+
+@pytest.mark.parametrize("detector", ["mahalanobis", "knn"])
+def test_stage_refuses_a_detector_it_cannot_compute(detector):
+    from skuscale.exceptions import SkuscaleError
+
+    model, _ = _model(detector)
+    name = type(model.detector).__name__
+    with pytest.raises(SkuscaleError, match=rf"computes the prototype, msp, energy OOD scores; the model uses {name}"):
+        ScalableDecisionStage.from_model(model)
+
+
+def test_stage_refuses_a_logit_detector_over_another_head():
+    import dataclasses
+
+    from skuscale.exceptions import SkuscaleError
+    from skuscale.head.linear import LinearHead
+    from skuscale.ood import DETECTORS
+
+    model, X = _model("msp")
+    other = LinearHead(C=0.01).fit(X, np.asarray(model.skus)[model.decide_arrays(X)["sku_index"]])
+    model = dataclasses.replace(model, detector=DETECTORS["msp"].from_head(other, temperature=1.3))
+    with pytest.raises(SkuscaleError, match="head other than the model's own"):
+        ScalableDecisionStage.from_model(model)

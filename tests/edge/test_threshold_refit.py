@@ -116,3 +116,36 @@ def test_refit_rejects_mismatched_embeddings():
     model, X = _model("msp")
     with pytest.raises(ValueError, match="one shape"):
         refit_thresholds(model, X, X[:-1])
+
+
+def test_saturated_float32_confidences_do_not_read_as_movement():
+    # float32 softmax returns exactly 1.0 or the float32 just below it (1 - 2**-24) for confident images:
+    # one rounding step, not a confidence movement (it read as 11 log-odds with a 1e-12 clip).
+    below = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+    assert log_odds(1.0) == log_odds(below) == pytest.approx(16.64, abs=0.01)
+    out = threshold_margin([1.0] * 5 + [below] * 5, [below] * 5 + [1.0] * 5, [0.95] * 10, [0.95] * 10)
+    assert out["basis"] == "all" and out["margin"] == 0.0
+    # a real movement near the threshold still counts in full
+    assert threshold_margin([_sigmoid(3.0)], [_sigmoid(3.5)], [0.95], [0.95])["margin"] == pytest.approx(0.5)
+
+
+def test_reading_a_quantization_record_needs_no_onnx():
+    # `skuscale assess` renders the INT8 section of a bundle through quantization_section; a device or
+    # assessment machine with onnxruntime but without the `onnx` package must still read it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['onnx'] = None\n"  # makes `import onnx` fail, as on a machine without it
+        "from types import SimpleNamespace\n"
+        "from skuscale.edge.quantize import quantization_section\n"
+        "row = {'sku': 'a', 'top1_change_points': -1.0}\n"
+        "q = {'method': 'm', 'calibration': {}, 'evaluation': {}, 'thresholds': {'passed': True},\n"
+        "     'impact': {'per_sku': [row], 'overall': {}, 'deciles': None, 'flagged': [], 'flag_points': 5.0}}\n"
+        "section = quantization_section(SimpleNamespace(metadata={'quantization': q}))\n"
+        "assert section['per_sku'] == [row] and section['thresholds'] == {'passed': True}\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -145,10 +145,13 @@ def export_bundle(
         Manifest of calibration images; default: the bundle's training manifest.
         ``calibration_per_sku`` images of every SKU are used.
     evaluation : path, optional
-        Manifest on which fp32 and INT8 are compared per SKU; default: the bundle's
-        validation manifest, else the calibration manifest.
+        Manifest of the pipeline check images (up to :data:`PIPELINE_CHECK_IMAGES`) and,
+        with ``int8``, of the per-SKU fp32 vs INT8 comparison; default: the bundle's
+        validation manifest, else the calibration manifest (the bundle's training
+        manifest). The export refuses to run when none of them is readable.
     exclude_nodes : sequence of str
-        Backbone nodes kept in fp32.
+        Backbone nodes kept in fp32, named as in the graph ONNX Runtime's
+        ``quant_pre_process`` leaves (unknown names are refused).
     keep_thresholds : bool
         Shorthand for ``thresholds_policy="keep"``.
     thresholds_policy : {"auto", "refit", "keep"}
@@ -171,8 +174,9 @@ def export_bundle(
     Raises
     ------
     SkuscaleError
-        When the bundle is invalid, a manifest is missing, or the exported graph
-        disagrees with the Python stack on the check images.
+        When the bundle is invalid, a manifest is missing (no check images: pass
+        ``evaluation``), a node of ``exclude_nodes`` is not in the backbone, or the
+        exported graph disagrees with the Python stack on the check images.
     """
     from skuscale.build import default_cache_dir
     from skuscale.edge.pipeline import PIPELINE_FILE, SUPPORTED_DETECTORS, export_pipeline
@@ -218,6 +222,12 @@ def export_bundle(
         eval_manifest, eval_recorded = recorded_val, True
     else:
         eval_manifest, eval_recorded = cal_manifest, cal_recorded
+    if eval_manifest is None:
+        # Without images the graph could not be checked against the Python stack; refuse rather than ship it unchecked.
+        raise SkuscaleError(
+            f"no images to check the exported pipeline on: pass --eval MANIFEST (the bundle's validation and "
+            f"training manifests are not readable from here; the export checks the graph against the Python "
+            f"stack on up to {PIPELINE_CHECK_IMAGES} of its images)")
 
     from skuscale.build import staging_folder_for
 
@@ -229,8 +239,10 @@ def export_bundle(
         shutil.copytree(src, staging, dirs_exist_ok=True)
         fp32_backbone = src / bundle.backbone["onnx"]
         edge_backbone = staging / bundle.backbone["onnx"]
-        eval_ds, eval_left_out = (_load_manifest(eval_manifest, bundle, recorded=eval_recorded) if eval_manifest
-                                  else (None, []))
+        eval_ds, eval_left_out = _load_manifest(eval_manifest, bundle, recorded=eval_recorded)
+        if len(eval_ds) == 0:
+            raise SkuscaleError(f"{eval_manifest} has no images to check the exported pipeline on; "
+                                "pass --eval MANIFEST")
         edge_model = bundle.model
         if int8:
             from skuscale.edge.quantize import (
@@ -319,15 +331,13 @@ def export_bundle(
                       training_digests=bundle.training_digests, digest_trained=bundle.digest_trained)
         say("exporting the one-graph pipeline")
         pipeline_path = export_pipeline(edge, staging / PIPELINE_FILE, backbone_path=edge_backbone)
-        if eval_ds is not None:
-            check_paths = eval_ds.paths[:: max(1, len(eval_ds) // PIPELINE_CHECK_IMAGES)][:PIPELINE_CHECK_IMAGES]
-            say(f"checking the pipeline against Python on {len(check_paths)} images")
-            check = check_pipeline(edge, pipeline_path, edge_backbone, check_paths)
-            if (check["band_agreement"] < MIN_CHECK_AGREEMENT or check["sku_agreement"] < MIN_CHECK_AGREEMENT
-                    or check["max_confidence_diff"] > MAX_CONFIDENCE_DIFF):
-                raise SkuscaleError(f"the exported pipeline disagrees with the Python stack: {check}")
-        else:
-            check = None
+        check_paths = eval_ds.paths[:: max(1, len(eval_ds) // PIPELINE_CHECK_IMAGES)][:PIPELINE_CHECK_IMAGES]
+        say(f"checking the pipeline against Python on {len(check_paths)} images of {eval_manifest}")
+        check = check_pipeline(edge, pipeline_path, edge_backbone, check_paths)
+        check["manifest"] = str(eval_manifest)
+        if (check["band_agreement"] < MIN_CHECK_AGREEMENT or check["sku_agreement"] < MIN_CHECK_AGREEMENT
+                or check["max_confidence_diff"] > MAX_CONFIDENCE_DIFF):
+            raise SkuscaleError(f"the exported pipeline disagrees with the Python stack: {check}")
         metadata["edge"] = {
             "pipeline": PIPELINE_FILE,
             "pipeline_sha256": _sha256(pipeline_path),

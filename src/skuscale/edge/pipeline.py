@@ -109,6 +109,23 @@ def _head_logits(g: _GraphBuilder, head, xn: str) -> str:
     return logits
 
 
+def detector_scores_head(detector, head) -> bool:
+    """Whether a logit detector (``msp``, ``energy``) scores the logits of ``head`` itself.
+
+    True when its ``head_`` is ``head`` or has the same weights, bias, prior and
+    long-tail adjustment (a loaded bundle holds two equal copies).
+    """
+    other = getattr(detector, "head_", None)
+    if other is None:
+        return False
+    return other is head or (
+        other.coef_.shape == head.coef_.shape and np.array_equal(other.coef_, head.coef_)
+        and np.array_equal(other.intercept_, head.intercept_)
+        and np.array_equal(other.log_prior_, head.log_prior_)
+        and other.long_tail == head.long_tail and other.tau == head.tau
+    )
+
+
 def _ood_score(g: _GraphBuilder, detector, x: str, xn: str, model_logits: tuple[Any, str]) -> str:
     """The detector's score as float64 (n,), mirroring its ``score_samples``."""
     from onnx import TensorProto
@@ -122,14 +139,7 @@ def _ood_score(g: _GraphBuilder, detector, x: str, xn: str, model_logits: tuple[
     dbl = TensorProto.DOUBLE
     if kind in ("msp", "energy"):
         head, shared_logits = model_logits
-        same = (
-            detector.head_ is head
-            or (detector.head_.coef_.shape == head.coef_.shape and np.array_equal(detector.head_.coef_, head.coef_)
-                and np.array_equal(detector.head_.intercept_, head.intercept_)
-                and np.array_equal(detector.head_.log_prior_, head.log_prior_)
-                and detector.head_.long_tail == head.long_tail and detector.head_.tau == head.tau)
-        )
-        logits = shared_logits if same else _head_logits(g, detector.head_, xn)
+        logits = shared_logits if detector_scores_head(detector, head) else _head_logits(g, detector.head_, xn)
         temperature = g.const(np.array(float(detector.temperature), np.float64), "det_T")
         scaled = g.op("Div", [g.cast(logits, dbl), temperature])
         if kind == "msp":
@@ -354,8 +364,23 @@ class PipelineRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs (see :data:`PIPELINE_OUTPUTS`) for a preprocessed batch ``(n, 3, H, W)``."""
-        values = self.session.run(list(PIPELINE_OUTPUTS), {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        """Outputs (see :data:`PIPELINE_OUTPUTS`) for a preprocessed batch ``(n, 3, H, W)``.
+
+        Raises
+        ------
+        ValueError
+            When ``batch`` is not numeric or holds NaN or infinite values (the graph
+            would route them to arbitrary bands without complaint).
+        """
+        arr = np.asarray(batch)
+        if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+            raise ValueError(f"batch must be a numeric array, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, np.float32)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).reshape(arr.shape[0], -1).any(axis=1).sum())
+            raise ValueError(f"batch contains NaN or infinite values (in {bad} of {arr.shape[0]} images, as "
+                             "float32); pass preprocessed images as bundle.json['preprocessing'] describes")
+        values = self.session.run(list(PIPELINE_OUTPUTS), {self.input_name: arr})
         return dict(zip(PIPELINE_OUTPUTS, values, strict=True))
 
     def run_all(self, batches) -> dict[str, np.ndarray]:

@@ -22,24 +22,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
 
 from skuscale.data.preprocess import Preprocessing
+from skuscale.exceptions import SkuscaleError
 from skuscale.routing import ACCEPT, NEVER_ACCEPT, UNKNOWN
 
 #: Quantile of the INT8 confidence movement (|Δ log-odds| near the threshold) added to every threshold.
 MARGIN_QUANTILE = 0.9
 #: Half-width, in log-odds, of the band around a threshold whose images set the margin.
 MARGIN_WINDOW = 1.0
-# Probabilities are clipped to [_EPS, 1 - _EPS] before taking log-odds (float32 softmax saturates at 1).
-_EPS = 1e-12
+# Probabilities are clipped to [_EPS, 1 - _EPS] before taking log-odds. The confidences are float32 softmax
+# outputs: the largest float32 below 1 is 1 - 2**-24, so anything closer to 1 than that (1.0 itself, which
+# float32 softmax often returns) is indistinguishable from it. A finer clip (1e-12) made one float32 step
+# below 1 read as 11 log-odds of movement.
+_EPS = float(np.finfo(np.float32).epsneg)
 
 #: Points of top-1, automation or auto-accept precision a SKU may lose before it is flagged.
 FLAG_POINTS = 5.0
 
 
-class ImageCalibrationReader(CalibrationDataReader):
-    """An ONNX Runtime ``CalibrationDataReader`` over real, preprocessed images.
+class ImageCalibrationReader:
+    """An ONNX Runtime calibration data reader over real, preprocessed images.
+
+    It has the ``get_next`` / ``rewind`` interface of ``onnxruntime.quantization.CalibrationDataReader``
+    without subclassing it: importing ONNX Runtime's quantisation tooling needs the ``onnx``
+    package, which reading an INT8 bundle's records (:func:`quantization_section`) must not.
 
     Parameters
     ----------
@@ -74,8 +81,32 @@ class ImageCalibrationReader(CalibrationDataReader):
     def rewind(self) -> None:
         self._next = 0
 
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def _check_node_names(model, names: Sequence[str], *, shown: int = 8) -> None:
+    """Refuse node names that are not in ``model`` (the graph ``quantize_static`` is given)."""
+    present = [n.name for n in model.graph.node]
+    unknown = sorted({str(n) for n in names} - set(present))
+    if not unknown:
+        return
+    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.name]
+    examples = (convs or [n for n in present if n])[:shown]
+    raise SkuscaleError(
+        f"--exclude-node: no node named {', '.join(map(repr, unknown))} in the backbone as quantised "
+        f"(after ONNX Runtime's pre-processing, {len(present)} nodes); node names are those of the "
+        f"pre-processed graph, for example {', '.join(examples)}"
+    )
 
 
 def quantize_backbone(
@@ -106,8 +137,18 @@ def quantize_backbone(
     per_channel : bool
         Per-output-channel weight scales (much better than per-tensor on depthwise convs).
     exclude_nodes : sequence of str
-        Node names kept in fp32 (the mitigation for sensitive layers).
+        Node names kept in fp32 (the mitigation for sensitive layers): names of the
+        graph as ONNX Runtime's ``quant_pre_process`` leaves it (it folds the exported
+        ``Pad`` and constant nodes away, so some names of ``src`` no longer exist).
     calibrate_method : {"minmax", "percentile", "entropy"}
+
+    Raises
+    ------
+    SkuscaleError
+        When a name of ``exclude_nodes`` is not a node of the pre-processed graph
+        (ONNX Runtime would silently quantise every node anyway).
+    ValueError
+        On an unknown ``calibrate_method``.
     """
     import tempfile
 
@@ -130,6 +171,8 @@ def quantize_backbone(
         # left in, each Pad forces a dequantise/quantise pair and INT8 runs barely faster than fp32.
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        if exclude_nodes:
+            _check_node_names(onnx.load(str(prepared)), exclude_nodes)
         quantize_static(
             str(prepared), str(tmp), reader,
             quant_format=QuantFormat.QDQ,
@@ -272,7 +315,11 @@ def _cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def log_odds(p) -> np.ndarray:
-    """``log(p / (1 - p))`` in float64, with ``p`` clipped to ``[1e-12, 1 - 1e-12]``.
+    """``log(p / (1 - p))`` in float64, with ``p`` clipped to float32 resolution, ``[2**-24, 1 - 2**-24]``.
+
+    The confidences are float32 softmax outputs, which saturate: 1.0 and the largest
+    float32 below it (``1 - 2**-24``) get the same log-odds, so that a one-step rounding
+    difference near 1 does not read as a large confidence movement.
 
     Parameters
     ----------
@@ -282,7 +329,7 @@ def log_odds(p) -> np.ndarray:
     Returns
     -------
     ndarray
-        Log-odds, finite (at most about 27.6 in absolute value).
+        Log-odds, finite (at most about 16.6 in absolute value).
     """
     q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
     return np.log(q) - np.log1p(-q)

@@ -19,8 +19,11 @@ again for the prototypes of a prototype OOD detector), more than a smart cart ha
 :class:`ScalableDecisionStage` puts a head table, an optional prototype table, the
 temperature and the router's thresholds together: head + OOD + routing at catalogue
 sizes where the dense numpy stack no longer fits. With approximate search the
-softmax is taken over the ``candidates`` best logits, which drops the (tiny) mass of
-the rest of the catalogue.
+softmax (and an ``msp`` or ``energy`` OOD score) is taken over the ``candidates``
+best logits, which drops the (tiny) mass of the rest of the catalogue. The stage
+computes the ``prototype``, ``msp`` and ``energy`` OOD scores; the router's OOD
+threshold was fitted on the bundle's own detector, so a model with another detector
+(``mahalanobis``, ``knn``) is refused rather than routed on a score it was not fitted for.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ from typing import Any
 import numpy as np
 
 from skuscale._base import l2_normalize
+from skuscale.exceptions import SkuscaleError
 from skuscale.routing import ACCEPT, TOP_K, UNKNOWN, VERIFY
 
 TABLE_PRECISIONS = ("fp32", "fp16", "int8")
+#: OOD scores :class:`ScalableDecisionStage` computes (detector registry names).
+STAGE_DETECTORS = ("prototype", "msp", "energy")
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 _BLOCK_ROWS = 8192
 
@@ -215,12 +221,19 @@ class ScalableDecisionStage:
     head : ClassTable
         Rows ``coef_``, bias ``intercept_ - tau * log_prior_`` of the linear head.
     prototypes : ClassTable or None
-        Prototype rows for the prototype-cosine OOD score (None: max-softmax score).
+        Prototype rows for the prototype-cosine OOD score (``ood_detector="prototype"``).
     temperature : float
     sku_thresholds : ndarray (k,)
     ood_threshold : float
+        Fitted on the scores of ``ood_detector``.
     candidates : int
         Logits kept for the softmax when the head table is approximate.
+    ood_detector : {"prototype", "msp", "energy"}, optional
+        The OOD score: ``1 - max cos`` to the prototypes, ``-max softmax(logits / T_ood)``
+        or ``-T_ood * logsumexp(logits / T_ood)`` of the head's logits. Default:
+        ``"prototype"`` with a prototype table, else ``"msp"``.
+    ood_temperature : float, optional
+        ``T_ood`` of ``msp`` / ``energy`` (default ``temperature``).
     """
 
     head: ClassTable
@@ -229,6 +242,18 @@ class ScalableDecisionStage:
     sku_thresholds: np.ndarray
     ood_threshold: float
     candidates: int = 64
+    ood_detector: str | None = None
+    ood_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        kind = self.ood_detector or ("prototype" if self.prototypes is not None else "msp")
+        if kind not in STAGE_DETECTORS:
+            raise ValueError(f"ood_detector must be one of {STAGE_DETECTORS}, got {self.ood_detector!r}")
+        if (kind == "prototype") != (self.prototypes is not None):
+            raise ValueError("a prototype table goes with ood_detector='prototype', and only with it")
+        if self.ood_temperature is not None and not float(self.ood_temperature) > 0.0:
+            raise ValueError(f"ood_temperature must be positive, got {self.ood_temperature!r}")
+        self.ood_detector = kind
 
     @classmethod
     def from_model(cls, model, *, dim: int | None = None, precision: str = "fp32", approximate_above: int = 10000,
@@ -238,18 +263,30 @@ class ScalableDecisionStage:
 
         ``nprobe`` lists are searched in the head table and ``ood_nprobe`` in the prototype
         table (its best match only sets the OOD score, so a near-best match costs little).
+
+        Raises
+        ------
+        SkuscaleError
+            When the model's OOD detector is not one the stage computes: ``prototype``,
+            or ``msp`` / ``energy`` on the model's own head (at the detector's own
+            temperature). The router's OOD threshold was fitted on that detector's
+            scores; another score would put images in the wrong bands.
         """
         head = model.head
+        detector = model.detector
+        kind = _stage_detector(detector, head)
         bias = head.intercept_ - (head.tau * head.log_prior_ if head.long_tail == "logit_adjust" else 0.0)
         basis = pca_basis(basis_embeddings, dim) if dim is not None else None
         opts = {"dim": dim, "precision": precision, "approximate_above": approximate_above, "nprobe": nprobe}
         head_table = ClassTable(**opts).fit(head.coef_, bias, basis=basis)
-        protos = getattr(model.detector, "prototypes_", None)
-        proto_table = None
-        if type(model.detector).__name__ == "PrototypeCosineDetector" and protos is not None:
-            proto_table = ClassTable(**{**opts, "nprobe": ood_nprobe}).fit(protos, None, basis=basis)
+        proto_table, ood_temperature = None, None
+        if kind == "prototype":
+            proto_table = ClassTable(**{**opts, "nprobe": ood_nprobe}).fit(detector.prototypes_, None, basis=basis)
+        else:
+            ood_temperature = float(detector.temperature)
         return cls(head=head_table, prototypes=proto_table, temperature=float(model.temperature),
-                   sku_thresholds=model.router.sku_threshold_vector(), ood_threshold=float(model.router.ood_threshold))
+                   sku_thresholds=model.router.sku_threshold_vector(), ood_threshold=float(model.router.ood_threshold),
+                   ood_detector=kind, ood_temperature=ood_temperature)
 
     def nbytes(self) -> int:
         """Bytes of the class tables (head, prototypes, per-SKU thresholds as float32).
@@ -286,11 +323,39 @@ class ScalableDecisionStage:
             best, _ = self.prototypes.topk(self.prototypes.project(X), 1)
             ood = (1.0 - best[:, 0].astype(np.float64)).astype(np.float32)
         else:
-            ood = (-conf).astype(np.float32)
+            # As MaxSoftmaxDetector / EnergyDetector: float64 logits over the detector's temperature.
+            t_ood = float(self.temperature if self.ood_temperature is None else self.ood_temperature)
+            scaled = logits.astype(np.float64) / t_ood
+            top = scaled.max(axis=1)
+            lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+            score = -t_ood * lse if self.ood_detector == "energy" else -np.exp(top - lse)
+            ood = score.astype(np.float32)
         band = np.where(ood.astype(np.float64) > self.ood_threshold, UNKNOWN,
                         np.where(conf >= self.sku_thresholds[sku], ACCEPT, VERIFY)).astype(np.int8)
         return {"band": band, "sku_index": sku.astype(np.int64), "confidence": conf, "ood_score": ood,
                 "topk_index": topk_index.astype(np.int64), "topk_score": topk_score}
+
+
+def _stage_detector(detector, head) -> str:
+    """The :data:`STAGE_DETECTORS` name of ``detector``, or a :class:`SkuscaleError` saying why the stage cannot."""
+    from skuscale.edge.pipeline import detector_scores_head
+
+    name = type(detector).__name__
+    if name == "PrototypeCosineDetector":
+        if getattr(detector, "prototypes_", None) is None:
+            raise SkuscaleError("the model's PrototypeCosineDetector is not fitted (no prototypes_)")
+        return "prototype"
+    if name in ("MaxSoftmaxDetector", "EnergyDetector"):
+        if detector_scores_head(detector, head):
+            return "msp" if name == "MaxSoftmaxDetector" else "energy"
+        raise SkuscaleError(
+            f"the model's {name} scores a head other than the model's own; ScalableDecisionStage computes "
+            "msp and energy scores from the head table only")
+    raise SkuscaleError(
+        f"ScalableDecisionStage computes the {', '.join(STAGE_DETECTORS)} OOD scores; the model uses {name}, "
+        "whose scores its router's OOD threshold was fitted on. Routing on another score would put images in "
+        "the wrong bands: rebuild the bundle with one of those detectors, or use the dense stack "
+        "(RecognitionModel.decide_arrays) or the one-graph pipeline")
 
 
 def describe(stage: ScalableDecisionStage) -> dict[str, Any]:
@@ -300,5 +365,6 @@ def describe(stage: ScalableDecisionStage) -> dict[str, Any]:
         "dim": stage.head.dim_,
         "precision": stage.head.precision,
         "approximate": stage.head.approximate,
+        "ood_detector": stage.ood_detector,
         "table_bytes": stage.nbytes(),
     }
