@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 
@@ -212,3 +213,29 @@ def test_enrol_errors_number_images_from_1_and_name_the_file_or_event(make_serve
                      files=[("files", ("good.jpg", good))])
         assert r.status_code == 422 and "missing from the image store" in r.json()["detail"], r.text
         assert dev.get("/v1/catalogue").json()["n_skus"] == len(BUNDLE_SKUS)  # nothing enrolled
+
+
+def test_images_are_stored_in_one_order_so_concurrent_requests_cannot_deadlock(make_server, monkeypatch):
+    """Enrolment and batch recognition insert image rows sorted by digest (PostgreSQL row locks)."""
+    import skuscale.serve.repository as repository
+
+    order: list[str] = []
+    real = repository.ensure_image
+
+    def spy(session, sha256, path, size):
+        order.append(sha256)
+        return real(session, sha256, path, size)
+
+    monkeypatch.setattr(repository, "ensure_image", spy)
+    srv = make_server()
+    blobs = [image_bytes("val", "Banana", i) for i in range(3)]
+    files = [("files", (f"{i}.jpg", b)) for i, b in enumerate(sorted(blobs, key=lambda b: hashlib.sha256(b).digest(),
+                                                                      reverse=True))]
+    with srv.client(REVIEWER_TOKEN) as rev:
+        assert rev.post("/v1/catalogue/enrol", data={"sku": "Oat-Drink"}, files=files).status_code == 200
+        assert len(order) == 3 and order == sorted(order)
+        order.clear()
+        r = rev.post("/v1/recognize/batch", files=[("files", (f"{i}.jpg", b)) for i, b in enumerate(
+            [image_bytes("train", "Banana", i) for i in range(3)][::-1])])
+        assert r.status_code == 200
+        assert order == sorted(order)

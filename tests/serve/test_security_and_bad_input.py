@@ -324,3 +324,45 @@ def test_a_value_the_database_refuses_gets_422(server, monkeypatch):
         assert r.status_code == 422 and "database" in r.json()["detail"]
         monkeypatch.undo()
         assert rev.get("/v1/review").status_code == 200
+
+
+def test_a_device_token_is_refused_before_it_uploads_to_a_reviewer_route(server):
+    head = _head("/v1/catalogue/enrol", {"Content-Type": "multipart/form-data; boundary=xyz",
+                                         "Content-Length": str(300 << 20), "Authorization": f"Bearer {DEVICE_TOKEN}"})
+    assert _answer_before_body_ends(server, head, [MULTIPART_HEAD])[0] == 403
+    # The device's own routes still read their bodies.
+    with server.client(DEVICE_TOKEN) as dev:
+        assert dev.post("/v1/recognize", files={"file": ("x.jpg", image_bytes())}).status_code == 200
+
+
+def test_the_guard_sees_paths_as_routing_does_under_a_root_path(server):
+    """Behind a proxy prefix (uvicorn --root-path) the caps and the early 401 still apply per route."""
+    import asyncio
+
+    app = server.app
+    read = []
+
+    async def call(path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+        sent = []
+
+        async def receive():
+            read.append(path)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "root_path": "/api", "path": "/api" + path, "raw_path": b"/api" + path.encode(),
+                 "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+                 "app": app}
+        await app(scope, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    big = str(300 << 20).encode()
+    assert asyncio.run(call("/v1/feedback", [(b"content-length", big)], b"")) == 401
+    assert read == []  # answered before the body
+    # An image route's cap is the image cap, not the 1 MiB of JSON routes.
+    headers = [(b"content-length", str(2 << 20).encode()), (b"authorization", f"Bearer {DEVICE_TOKEN}".encode()),
+               (b"content-type", b"multipart/form-data; boundary=xyz")]
+    assert asyncio.run(call("/v1/recognize", headers, MULTIPART_HEAD)) != 413

@@ -190,3 +190,39 @@ def test_deleted_webhook_gets_no_more_deliveries(make_server):
     gone_rows = [(status, attempts) for hook, status, attempts in rows if hook == gone["id"]]
     assert sorted(gone_rows) == [("cancelled", 0), ("cancelled", 1)]
     assert sum(hook != gone["id"] and status == "pending" for hook, status, _ in rows) == 3
+
+
+def test_a_slow_receiver_gets_each_message_once_from_two_workers(make_server, monkeypatch):
+    """A batch claimed at once outlived its lease behind a slow receiver; another worker re-sent it."""
+    import datetime as dt
+
+    import skuscale.serve.repository as repository
+    from skuscale.serve.webhooks import OutboxWorker
+
+    srv = make_server(webhook_workers=False)
+    settings = srv.app.state.settings
+    clock = [repository.utcnow()]
+    monkeypatch.setattr(repository, "utcnow", lambda: clock[0])
+    other = OutboxWorker(srv.app.state.sessionmaker, settings, on_result=lambda _r: None)
+    keys: list[str] = []
+    busy = [False]
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if not busy[0]:
+            # This worker's receiver is slow: each attempt takes the whole timeout; the other one's is quick.
+            clock[0] += dt.timedelta(seconds=settings.webhook_timeout_s + 1)
+            busy[0] = True
+            other.deliver_due(client)  # the other worker polls meanwhile
+            busy[0] = False
+        return httpx.Response(200)
+
+    with httpx.Client(transport=httpx.MockTransport(receive)) as client, \
+            srv.client(DEVICE_TOKEN) as dev, srv.client(REVIEWER_TOKEN) as rev:
+        rev.post("/v1/webhooks", json={"url": "http://receiver.invalid/hook"})
+        for _ in range(12):
+            ev = dev.post("/v1/recognize", files={"file": ("x.jpg", image_bytes())}).json()
+            assert rev.post(f"/v1/review/{ev['event_id']}/resolve",
+                            json={"decision": "not_a_product"}).status_code == 200
+        srv.app.state.worker.deliver_due(client)
+    assert len(keys) == 12 and len(set(keys)) == 12, keys

@@ -32,7 +32,7 @@ from skuscale.exceptions import ImageError, ImageTooLargeError
 from skuscale.monitor.accuracy import RollingAccuracy
 from skuscale.monitor.metrics import ServiceMetrics
 from skuscale.serve import repository as repo
-from skuscale.serve.auth import COOKIE, bearer_token, identify, require
+from skuscale.serve.auth import COOKIE, ROLE_RANK, bearer_token, identify, require
 from skuscale.serve.db import WEBHOOK_URL_LENGTH, make_engine, make_sessionmaker, migrate
 from skuscale.serve.guard import RequestGuard
 from skuscale.serve.images import ImageStore
@@ -283,8 +283,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     def body_limit(method: str, path: str) -> int:
         return (image_body_limits.get(path) if method == "POST" else None) or JSON_BODY_LIMIT
 
-    def authenticated(request: Request) -> bool:
-        return identify(bearer_token(request), settings.tokens) is not None
+    def role_of(request: Request) -> str | None:
+        who = identify(bearer_token(request), settings.tokens)
+        return None if who is None else who[0]
 
     def observe(method: str, route: str, status: int, seconds: float) -> None:
         metrics.latency.labels(method=method, route=route, status=str(status)).observe(seconds)
@@ -292,7 +293,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     # Every /v1 route needs a token: unauthenticated requests are answered before their body is read.
     app.add_middleware(
         RequestGuard, routes=app.router.routes, body_limit=body_limit,
-        protected=lambda path: path.startswith("/v1/"), authenticated=authenticated, observe=observe,
+        protected=lambda path: path.startswith("/v1/"), role_of=role_of, role_rank=ROLE_RANK, observe=observe,
     )
 
     @app.exception_handler(RequestValidationError)
@@ -519,8 +520,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         shas = [store.put(data) for data in blobs]
         with enrol_lock, Session() as session:
             repo.lock_enrolments(session)  # first: the whole transaction is serialised with other enrolments
-            for sha, data in zip(shas, blobs, strict=True):
-                repo.ensure_image(session, sha, store.relative_path(sha), len(data))
+            # Sorted, as in recognition: two transactions never lock the same images in opposite orders.
+            for sha, size in sorted({sha: len(data) for sha, data in zip(shas, blobs, strict=True)}.items()):
+                repo.ensure_image(session, sha, store.relative_path(sha), size)
             row = repo.add_enrolment(session, sku, category, X, shas)
             session.commit()
             enrolment_id = row.id

@@ -50,4 +50,5 @@ def require(role: str):
             raise HTTPException(403, f"this token's role ({who[0]}) may not do this; it needs {role}")
         return who[1]
 
+    dependency.required_role = role  # read by the request guard, to answer 403 before the body
     return dependency

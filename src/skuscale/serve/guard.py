@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import unquote_to_bytes
 
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -53,6 +54,20 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
+def required_role(route: BaseRoute) -> str | None:
+    """The role a route's dependencies demand (their ``required_role`` attribute), or None."""
+    stack = [getattr(route, "dependant", None)]
+    while stack:
+        dependant = stack.pop()
+        if dependant is None:
+            continue
+        role = getattr(dependant.call, "required_role", None)
+        if role is not None:
+            return role
+        stack.extend(dependant.dependencies)
+    return None
+
+
 def has_nul(scope: Scope) -> bool:
     """Whether the (decoded) path or the query string holds a NUL character."""
     return "\x00" in scope.get("path", "") or b"\x00" in unquote_to_bytes(scope.get("query_string", b""))
@@ -71,8 +86,13 @@ class RequestGuard:
         Largest body, in bytes, the request may send.
     protected : callable (path) -> bool
         Whether the route needs a token.
-    authenticated : callable (Request) -> bool
-        Whether the request carries a valid token (the route's dependency still checks its role).
+    role_of : callable (Request) -> str or None
+        The role of the request's token, or None without a valid one.
+    role_rank : mapping
+        Rank of each role; a route whose dependencies carry a ``required_role``
+        attribute (:func:`skuscale.serve.auth.require`) answers 403 early to a lower one.
+
+    Paths are taken as routing sees them (without the ASGI ``root_path``).
     observe : callable (method, route, status, seconds), optional
         Records the latency of every request.
     """
@@ -84,14 +104,16 @@ class RequestGuard:
         routes: Iterable[BaseRoute],
         body_limit: Callable[[str, str], int],
         protected: Callable[[str], bool],
-        authenticated: Callable[[Request], bool],
+        role_of: Callable[[Request], str | None],
+        role_rank: Mapping[str, int],
         observe: Callable[[str, str, int, float], None] | None = None,
     ):
         self.app = app
         self.routes = routes
         self.body_limit = body_limit
         self.protected = protected
-        self.authenticated = authenticated
+        self.role_of = role_of
+        self.role_rank = dict(role_rank)
         self.observe = observe
 
     def _route(self, scope: Scope) -> BaseRoute | None:
@@ -123,7 +145,7 @@ class RequestGuard:
             if early is not None:
                 await early(scope, receive, send_observed)
                 return
-            limit = self.body_limit(scope["method"], scope["path"])
+            limit = self.body_limit(scope["method"], get_route_path(scope))
             received = 0
 
             async def receive_limited() -> Message:
@@ -150,11 +172,17 @@ class RequestGuard:
 
     def _early_answer(self, scope: Scope, route: BaseRoute | None) -> JSONResponse | None:
         """The answer given before reading the body, or None to let the app run."""
-        path = scope["path"]
-        if route is not None and self.protected(path) and not self.authenticated(Request(scope)):
-            return JSONResponse(
-                {"detail": "missing or invalid bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"}
-            )
+        path = get_route_path(scope)
+        if route is not None and self.protected(path):
+            role = self.role_of(Request(scope))
+            if role is None:
+                return JSONResponse(
+                    {"detail": "missing or invalid bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"}
+                )
+            needed = required_role(route)
+            if needed is not None and self.role_rank[role] < self.role_rank[needed]:
+                # Before the body: a low-privilege token must not make the server spool a large upload.
+                return JSONResponse({"detail": f"this token's role ({role}) may not do this; it needs {needed}"}, 403)
         limit = self.body_limit(scope["method"], path)
         length = _content_length(scope)
         if length is not None and length > limit:

@@ -64,31 +64,44 @@ class OutboxWorker:
                     self._wake.wait(s.webhook_poll_s)
                     self._wake.clear()
 
-    def deliver_due(self, client: httpx.Client) -> bool:
-        s = self.settings
-        with self.sessionmaker() as session:
-            batch = repo.claim_deliveries(session, lease_s=s.webhook_timeout_s + 30)
-        for d in batch:
-            body = d.body.encode()
-            headers = {
-                "Content-Type": "application/json",
-                "Idempotency-Key": d.idempotency_key,
-                SIGNATURE_HEADER: sign_body(d.secret, body),
-                "X-Skuscale-Delivery-Attempt": str(d.attempts + 1),
-            }
-            error = None
-            try:
-                resp = client.post(d.url, content=body, headers=headers)
-                ok = 200 <= resp.status_code < 300
-                if not ok:
-                    error = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                ok, error = False, f"{type(exc).__name__}: {exc}"
+    def deliver_due(self, client: httpx.Client, *, limit: int = 20) -> bool:
+        """Deliver up to ``limit`` due messages; whether there were any.
+
+        Each message is claimed just before its attempt, under a lease that covers one
+        attempt: a batch claimed at once would outlive its lease behind a slow receiver,
+        and another worker would send its later messages a second time.
+        """
+        delivered = 0
+        while delivered < limit:
             with self.sessionmaker() as session:
-                status = repo.finish_delivery(
-                    session, d.id, ok=ok, error=error, backoff_s=s.webhook_backoff_s,
-                    backoff_max_s=s.webhook_backoff_max_s, max_attempts=s.webhook_max_attempts,
-                )
-            # A message whose webhook was deleted during the attempt ends "cancelled": no retry.
-            self.on_result("delivered" if ok else ("retry" if status == "pending" else "failed"))
-        return bool(batch)
+                batch = repo.claim_deliveries(session, lease_s=self.settings.webhook_timeout_s + 30, limit=1)
+            if not batch:
+                break
+            self._attempt(client, batch[0])
+            delivered += 1
+        return delivered > 0
+
+    def _attempt(self, client: httpx.Client, d: repo.Delivery) -> None:
+        s = self.settings
+        body = d.body.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": d.idempotency_key,
+            SIGNATURE_HEADER: sign_body(d.secret, body),
+            "X-Skuscale-Delivery-Attempt": str(d.attempts + 1),
+        }
+        error = None
+        try:
+            resp = client.post(d.url, content=body, headers=headers)
+            ok = 200 <= resp.status_code < 300
+            if not ok:
+                error = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        with self.sessionmaker() as session:
+            status = repo.finish_delivery(
+                session, d.id, ok=ok, error=error, backoff_s=s.webhook_backoff_s,
+                backoff_max_s=s.webhook_backoff_max_s, max_attempts=s.webhook_max_attempts,
+            )
+        # A message whose webhook was deleted during the attempt ends "cancelled": no retry.
+        self.on_result("delivered" if ok else ("retry" if status == "pending" else "failed"))
