@@ -34,7 +34,9 @@ def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
     """True when ``signature`` (the ``X-Skuscale-Signature`` header) matches ``body``; constant-time."""
     if not signature:
         return False
-    return hmac.compare_digest(sign_body(secret, body), signature.strip())
+    # As bytes: compare_digest refuses non-ASCII str, and the sender controls this header.
+    presented = signature.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sign_body(secret, body).encode(), presented)
 
 
 class ServiceError(RuntimeError):
@@ -63,6 +65,7 @@ class Client:
         import httpx
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = float(timeout)
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -92,12 +95,24 @@ class Client:
         return self._json(self._http.get(f"/v1/events/{event_id}"))
 
     def wait_final(self, event_id: str, timeout: float, *, poll_s: float = 1.0) -> dict[str, Any]:
-        """Poll until the event is ``final``; raises :class:`TimeoutError` when it is still pending."""
+        """Poll until the event is ``final``; raises :class:`TimeoutError` when it is still pending.
+
+        No poll outlasts the deadline, and a poll that times out, cannot connect or
+        gets a 5xx is retried until then.
+        """
+        import httpx
+
         deadline = time.monotonic() + timeout
         while True:
-            ev = self.event(event_id)
-            if ev["status"] == "final":
-                return ev
+            left = deadline - time.monotonic()
+            try:
+                resp = self._http.get(f"/v1/events/{event_id}", timeout=max(0.05, min(self._timeout, left)))
+                if resp.status_code < 500:
+                    ev = self._json(resp)
+                    if ev["status"] == "final":
+                        return ev
+            except (httpx.TimeoutException, httpx.TransportError):
+                pass
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"event {event_id} is still pending after {timeout} s")

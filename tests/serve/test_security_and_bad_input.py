@@ -366,3 +366,50 @@ def test_the_guard_sees_paths_as_routing_does_under_a_root_path(server):
     headers = [(b"content-length", str(2 << 20).encode()), (b"authorization", f"Bearer {DEVICE_TOKEN}".encode()),
                (b"content-type", b"multipart/form-data; boundary=xyz")]
     assert asyncio.run(call("/v1/recognize", headers, MULTIPART_HEAD)) != 413
+
+
+def test_the_review_cookie_alone_does_not_change_state_from_another_page(server):
+    """SameSite does not cover sibling subdomains or other ports: unsafe methods need the service's own pages."""
+    import httpx
+
+    files = {"files": ("a.jpg", image_bytes())}
+    with httpx.Client(base_url=server.url, cookies={"skuscale_token": REVIEWER_TOKEN}) as browser:
+        # A form posted from elsewhere (no Sec-Fetch-Site: same-origin, foreign Origin, or none at all).
+        for headers in ({"Sec-Fetch-Site": "same-site"}, {"Origin": "http://evil.example:8000"}, {}):
+            r = browser.post("/v1/catalogue/enrol", data={"sku": "Csrf-Sku"}, files=files, headers=headers)
+            assert r.status_code == 401, (headers, r.text)
+        assert browser.get("/v1/catalogue").status_code == 200  # reading with the cookie is fine
+        # The review page's own fetch calls carry Sec-Fetch-Site: same-origin.
+        r = browser.post("/v1/catalogue/enrol", data={"sku": "Page-Sku"}, files=files,
+                         headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status_code == 200, r.text
+        names = {s["sku"] for s in browser.get("/v1/catalogue").json()["skus"]}
+        assert "Page-Sku" in names and "Csrf-Sku" not in names
+
+
+def test_signature_check_refuses_odd_headers_without_raising():
+    from skuscale.client import sign_body, verify_signature
+
+    body = b'{"a": 1}'
+    assert verify_signature("s3cret-s3cret", body, sign_body("s3cret-s3cret", body))
+    for bad in ("sha256=\u00e9", "sha256=\udcff", "", None, "sha256=" + "0" * 64):
+        assert verify_signature("s3cret-s3cret", body, bad) is False
+
+
+def test_wait_final_keeps_its_deadline_when_the_server_hangs():
+    import socket
+    import time
+
+    from skuscale.client import Client
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never answers
+    try:
+        with Client(f"http://127.0.0.1:{listener.getsockname()[1]}", token="t", timeout=30) as api:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                api.wait_final("abc", timeout=1.0, poll_s=0.2)
+            assert time.monotonic() - started < 3.0
+    finally:
+        listener.close()

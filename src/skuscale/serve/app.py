@@ -619,7 +619,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                 request, "login.html", {"error": "That is not a reviewer token."}, status_code=401
             )
         response = RedirectResponse("/review", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600,
+                            secure=request.url.scheme == "https")
         return response
 
     return app

@@ -8,6 +8,7 @@ without stopping at the first match.
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 
@@ -35,7 +36,24 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     # The review page logs in once and then rides on a SameSite=Strict, HttpOnly cookie.
-    return request.cookies.get(COOKIE) or None
+    token = request.cookies.get(COOKIE) or None
+    if token is not None and request.method not in SAFE_METHODS and not _same_origin(request):
+        # SameSite does not cover sibling subdomains or other ports of the host: a cookie
+        # alone must not change state from a page the service did not serve.
+        return None
+    return token
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a browser says the request comes from the service's own pages."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc == request.headers.get("host")
 
 
 def require(role: str):
