@@ -379,6 +379,10 @@ def test_the_review_cookie_alone_does_not_change_state_from_another_page(server)
             r = browser.post("/v1/catalogue/enrol", data={"sku": "Csrf-Sku"}, files=files, headers=headers)
             assert r.status_code == 401, (headers, r.text)
         assert browser.get("/v1/catalogue").status_code == 200  # reading with the cookie is fine
+        # Behind a proxy that rewrites Host, the browser's host arrives as X-Forwarded-Host.
+        r = browser.post("/v1/review/no-such-event/resolve", json={"decision": "not_a_product"},
+                         headers={"Origin": "https://review.example.com", "X-Forwarded-Host": "review.example.com"})
+        assert r.status_code == 404, r.text  # authenticated; the event just does not exist
         # The review page's own fetch calls carry Sec-Fetch-Site: same-origin.
         r = browser.post("/v1/catalogue/enrol", data={"sku": "Page-Sku"}, files=files,
                          headers={"Sec-Fetch-Site": "same-origin"})

@@ -53,7 +53,12 @@ def _same_origin(request: Request) -> bool:
     if site is not None:
         return site == "same-origin"
     origin = request.headers.get("origin")
-    return origin is not None and urlsplit(origin).netloc == request.headers.get("host")
+    if origin is None:
+        return False
+    # A proxy may rewrite Host; the host the browser saw then arrives as X-Forwarded-Host (a
+    # cross-site form cannot set that header without a CORS preflight, which is never granted).
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+    return urlsplit(origin).netloc in {request.headers.get("host"), forwarded} - {None, ""}
 
 
 def require(role: str):
