@@ -334,11 +334,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         sync_enrolments()
         recs = recognizer.recognize(recognizer.embed(images))
         shas = [store.put(data) if rec.band != "accept" else None for rec, data in zip(recs, blobs, strict=True)]
-        sizes = {sha: len(data) for sha, data in zip(shas, blobs, strict=True) if sha is not None}
         with Session() as session:
-            # Sorted, so two batches holding the same images cannot lock them in opposite orders (deadlock).
-            for sha in sorted(sizes):
-                repo.ensure_image(session, sha, store.relative_path(sha), sizes[sha])
+            repo.ensure_images(session, ((sha, store.relative_path(sha), len(data))
+                                         for sha, data in zip(shas, blobs, strict=True) if sha is not None))
             events = [repo.add_event(session, rec, sha) for rec, sha in zip(recs, shas, strict=True)]
             session.commit()
             out = [repo.event_dict(ev) for ev in events]
@@ -520,9 +518,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         shas = [store.put(data) for data in blobs]
         with enrol_lock, Session() as session:
             repo.lock_enrolments(session)  # first: the whole transaction is serialised with other enrolments
-            # Sorted, as in recognition: two transactions never lock the same images in opposite orders.
-            for sha, size in sorted({sha: len(data) for sha, data in zip(shas, blobs, strict=True)}.items()):
-                repo.ensure_image(session, sha, store.relative_path(sha), size)
+            repo.ensure_images(session, ((sha, store.relative_path(sha), len(data))
+                                         for sha, data in zip(shas, blobs, strict=True)))
             row = repo.add_enrolment(session, sku, category, X, shas)
             session.commit()
             enrolment_id = row.id

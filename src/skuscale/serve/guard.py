@@ -115,6 +115,8 @@ class RequestGuard:
         self.role_of = role_of
         self.role_rank = dict(role_rank)
         self.observe = observe
+        # Routes are fixed once the app is built (and not hashable): their roles, by id.
+        self._roles = {id(route): required_role(route) for route in routes}
 
     def _route(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -141,11 +143,12 @@ class RequestGuard:
             await send(message)
 
         try:
-            early = self._early_answer(scope, route)
+            path = get_route_path(scope)
+            limit = self.body_limit(scope["method"], path)
+            early = self._early_answer(scope, route, path, limit)
             if early is not None:
                 await early(scope, receive, send_observed)
                 return
-            limit = self.body_limit(scope["method"], get_route_path(scope))
             received = 0
 
             async def receive_limited() -> Message:
@@ -170,20 +173,18 @@ class RequestGuard:
                 template = route_label(getattr(scope.get("route") or route, "path", None) or "unmatched")
                 self.observe(method_label(scope["method"]), template, state["status"], time.perf_counter() - start)
 
-    def _early_answer(self, scope: Scope, route: BaseRoute | None) -> JSONResponse | None:
+    def _early_answer(self, scope: Scope, route: BaseRoute | None, path: str, limit: int) -> JSONResponse | None:
         """The answer given before reading the body, or None to let the app run."""
-        path = get_route_path(scope)
         if route is not None and self.protected(path):
             role = self.role_of(Request(scope))
             if role is None:
                 return JSONResponse(
                     {"detail": "missing or invalid bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"}
                 )
-            needed = required_role(route)
+            needed = self._roles.get(id(route))
             if needed is not None and self.role_rank[role] < self.role_rank[needed]:
                 # Before the body: a low-privilege token must not make the server spool a large upload.
                 return JSONResponse({"detail": f"this token's role ({role}) may not do this; it needs {needed}"}, 403)
-        limit = self.body_limit(scope["method"], path)
         length = _content_length(scope)
         if length is not None and length > limit:
             return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, 413)

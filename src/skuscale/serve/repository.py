@@ -65,6 +65,17 @@ def ensure_image(session: Session, sha256: str, path: str, size: int) -> None:
     session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
 
+def ensure_images(session: Session, images) -> None:
+    """:func:`ensure_image` for each ``(sha256, path, size)``, once each, in digest order.
+
+    One order for every transaction: two requests holding the same new images (a batch
+    and an enrolment, say) never lock their rows in opposite orders, which on PostgreSQL
+    is a deadlock.
+    """
+    for sha256, path, size in sorted(set(images)):
+        ensure_image(session, sha256, path, size)
+
+
 def _dialect_insert(session: Session):
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -468,13 +479,6 @@ def finish_delivery(
     msg = session.get(OutboxMessage, message_id)
     if msg is None:
         return "missing"
-    if msg.status == "cancelled" and not ok:
-        # Its webhook was deleted while this attempt was in flight: no retry.
-        msg.attempts += 1
-        msg.locked_until = None
-        msg.last_error = (error or "")[:2000]
-        session.commit()
-        return msg.status
     now = utcnow()
     msg.attempts += 1
     msg.locked_until = None
@@ -482,7 +486,9 @@ def finish_delivery(
         msg.status, msg.delivered_at, msg.last_error = "delivered", now, None
     else:
         msg.last_error = (error or "")[:2000]
-        if msg.attempts >= max_attempts:
+        if msg.status == "cancelled":
+            pass  # its webhook was deleted while this attempt was in flight: no retry
+        elif msg.attempts >= max_attempts:
             msg.status = "failed"
         else:
             delay = min(backoff_s * 2 ** (msg.attempts - 1), backoff_max_s)
