@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skuscale.bundle import BACKBONE_FILE, FORMAT, MANIFEST, Bundle, image_digests
+from skuscale.bundle import BACKBONE_FILE, FORMAT, MANIFEST, Bundle, embedding_rows, image_digests
 from skuscale.data import Dataset, Item, load_dataset, validate_dataset
 from skuscale.data.preprocess import Preprocessing
 from skuscale.embed.cache import EmbeddingCache, content_key
@@ -457,13 +457,12 @@ def build_bundle_from_embeddings(
     staging = staging_folder_for(out)
     try:
         # Digests of the embedding rows, so `skuscale evaluate --embeddings` can tell in-sample rows.
-        rows = np.ascontiguousarray(data.X, dtype=np.float32)
         bundle = Bundle(
             model=model,
             preprocessing=Preprocessing(),
             backbone={"name": None, "onnx": None, "dim": int(data.X.shape[1])},
             metadata=metadata,
-            training_digests=image_digests(row.tobytes() for row in rows),
+            training_digests=image_digests(embedding_rows(data.X)),
             digest_trained=(origin != "val") | cfg.final_on_calibration,
         )
         _publish(bundle, staging, out, hooks, started)

@@ -55,6 +55,15 @@ def image_digests(blobs) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, DIGEST_BYTES), np.uint8)
 
 
+def embedding_rows(X) -> list[bytes]:
+    """The bytes that stand for each embedding row in :func:`image_digests` (float32, C order).
+
+    Bundles built from embeddings record these rows' digests, so ``evaluate --embeddings``
+    can tell the rows they were fitted on; both sides must produce the same bytes.
+    """
+    return [row.tobytes() for row in np.ascontiguousarray(X, dtype=np.float32)]
+
+
 def _manifest_digest(doc: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``bundle.json`` without its own digest field."""
     body = {k: v for k, v in doc.items() if k != "manifest_sha256"}

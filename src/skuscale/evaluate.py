@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from skuscale.bundle import Bundle
+from skuscale.bundle import Bundle, embedding_rows
 from skuscale.data import load_dataset
 from skuscale.exceptions import SkuscaleError
 from skuscale.metrics import expected_calibration_error
@@ -169,8 +169,7 @@ def evaluate_embeddings(bundle: Bundle, data, *, split: str | None = None) -> di
         true_categories=list(ds.category) if ds.category is not None else None,
     )
     metrics["decisions_per_second"] = len(ds) / elapsed if elapsed > 0 else None
-    rows = np.ascontiguousarray(ds.X, dtype=np.float32)
-    roles = bundle.image_roles(row.tobytes() for row in rows)
+    roles = bundle.image_roles(embedding_rows(ds.X))
     metrics["n_seen_in_training"] = int((roles == 2).sum())
     metrics["n_used_for_calibration"] = int((roles == 1).sum())
     metrics["data"] = ds.source

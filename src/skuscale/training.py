@@ -173,11 +173,12 @@ def _aligned_logits(head: LinearHead, X: np.ndarray, catalogue: np.ndarray) -> n
     return out
 
 
-def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, cfg: TrainingConfig):
+def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, cfg: TrainingConfig,
+                 predictable: np.ndarray):
     """Final head, per-fold heads, held-out logits of the calibration rows and their temperature.
 
     The temperature is fitted on the calibration rows whose SKU their fold's head was
-    trained on (see :func:`_predictable_rows`).
+    trained on (``predictable``, see :func:`_predictable_rows`).
     """
     cv_logits = np.zeros((len(y), catalogue.size), dtype=np.float32)
     # The final head is needed anyway; it also warm-starts every fold's head.
@@ -188,7 +189,7 @@ def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, 
         if test.any():
             fold_heads[f] = cfg.make_head().fit(X[~test], y[~test], init=final_head)
             cv_logits[test] = _aligned_logits(fold_heads[f], Xh[test], catalogue)
-    rows = calib & _predictable_rows(y, folds, fold_heads)
+    rows = calib & predictable
     if not rows.any():
         raise ValueError("no calibration row belongs to a SKU that the other rows train on: "
                          "every calibration SKU needs training rows too")
@@ -196,8 +197,8 @@ def _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds, final_rows, catalogue, 
     return final_head, fold_heads, cv_logits, temperature
 
 
-def _predictable_rows(y, folds, fold_heads) -> np.ndarray:
-    """Rows whose SKU the head of their fold was trained on.
+def _predictable_rows(y, folds) -> np.ndarray:
+    """Rows whose SKU the head of their fold is trained on (it trains on every other fold's rows).
 
     A SKU whose every photo falls in one fold (a single photo, or a SKU that only the
     calibration rows have) is absent from that fold's head: its rows sit at
@@ -206,18 +207,18 @@ def _predictable_rows(y, folds, fold_heads) -> np.ndarray:
     them, so they say nothing about its calibration and are left out.
     """
     ok = np.zeros(len(y), bool)
-    for f, head in fold_heads.items():
+    for f in np.unique(folds[folds >= 0]):
         test = folds == f
-        ok[test] = np.isin(y[test], head.classes_)
+        ok[test] = np.isin(y[test], y[~test])
     return ok
 
 
-def _known_flag_threshold(name, X, Xh, y, folds, fold_heads, temperature, cfg: TrainingConfig) -> float:
+def _known_flag_threshold(name, X, Xh, y, folds, fold_heads, predictable, temperature, cfg: TrainingConfig) -> float:
     """Cut-off of detector ``name`` that flags ``cfg.ood_flag_rate`` of held-out known images."""
     scores = []
     for f, head in fold_heads.items():
         # Rows of a SKU the fold's head lacks are not "known" to it (see _predictable_rows).
-        test = (folds == f) & np.isin(y, head.classes_)
+        test = (folds == f) & predictable
         det = _make_fitted_detector(name, head, temperature, X[folds != f], y[folds != f])
         scores.append(det.score_samples(Xh[test]))
     return float(threshold_at_flag_rate(np.concatenate(scores), cfg.ood_flag_rate))
@@ -306,10 +307,11 @@ def fit_recognition_model(
     folds = np.full(len(y), -1)
     folds[calib] = 0 if holdout else blocked_folds(y[calib], n_folds, rng)
     final_rows = np.ones(len(y), bool) if cfg.final_on_calibration else ~calib
+    predictable = _predictable_rows(y, folds)
     final_head, fold_heads, cv_logits, temperature = _heldout_fit(X, Xh, y, y_idx, calib, folds, n_folds,
-                                                                  final_rows, catalogue, cfg)
+                                                                  final_rows, catalogue, cfg, predictable)
     n_calib = int(calib.sum())
-    calib = calib & _predictable_rows(y, folds, fold_heads)
+    calib = calib & predictable
     cv_probs = softmax(cv_logits[calib] / temperature)
     cv_pred = catalogue[cv_probs.argmax(axis=1)]
     cv_conf = cv_probs.max(axis=1)
@@ -323,7 +325,7 @@ def fit_recognition_model(
         Xo = check_X_y(X_ood, y)[0]
         Xoh = Xo
         ood_head, _, _, ood_temperature = _heldout_fit(Xo, Xo, y, y_idx, calib, folds, n_folds, final_rows,
-                                                       catalogue, cfg)
+                                                       catalogue, cfg, predictable)
     groups = sku_holdout_groups(np.unique(y[calib]), cfg.ood_folds, cfg.ood_holdout_fraction, rng,
                                 candidates=ood_skus, n_skus=None if ood_skus is None else catalogue.size)
     say(f"comparing OOD detectors on {len(groups)} held-out-SKU folds"
@@ -379,7 +381,7 @@ def fit_recognition_model(
         if X_ood is not None:
             # The simulation's cut-off is in the other space; the deployed detector flags
             # the same share of held-out known images in this one.
-            ood_threshold = _known_flag_threshold(best, X, Xh, y, folds, fold_heads, temperature, cfg)
+            ood_threshold = _known_flag_threshold(best, X, Xh, y, folds, fold_heads, predictable, temperature, cfg)
     else:
         # Too few SKUs to hold any out: flag the target share of held-out known scores.
         best = "msp"

@@ -8,6 +8,7 @@ is computed once, on first use, and shared by the checks that need it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -302,7 +303,12 @@ def load_context(
             raise SkuscaleError(f"{source}: no images of SKUs in the bundle's catalogue")
         advance = embed_progress(len(ds), label) if embed_progress else None
         X = bundle.embed_paths(ds.paths, cache=cache, progress=advance)
-        roles = _image_roles(bundle, [p.read_bytes() for p in ds.paths]) if label == "val" else None
+        roles = None
+        if label == "val":
+            blobs = [p.read_bytes() for p in ds.paths]
+            roles = _image_roles(bundle, blobs)
+            val_sha256 = [hashlib.sha256(b).digest() for b in blobs]
+            del blobs
         parts[label] = (X, ds.labels.astype(str), roles)
         part_paths[label] = ds.paths
     if "val" in parts:
@@ -310,7 +316,7 @@ def load_context(
         from skuscale.data.images import hash_image_file
 
         in_train = {hash_image_file(p) for p in part_paths["train"]}
-        shared = np.array([hash_image_file(p) in in_train for p in part_paths["val"]], dtype=bool)
+        shared = np.array([digest in in_train for digest in val_sha256], dtype=bool)
         if shared.all():
             raise SkuscaleError(f"every image of {val} is also in {train}: nothing would be held out")
         if shared.any():

@@ -70,11 +70,8 @@ def catalogue_only(ds: Dataset, bundle: Bundle) -> tuple[Dataset, list[str]]:
     ``--exclude-sku`` (``metadata["training"]["excluded_skus"]``): re-read by the export,
     their photos must not calibrate the INT8 ranges or score the comparison.
     """
-    excluded = set((bundle.metadata.get("training") or {}).get("excluded_skus") or ())
-    catalogue = set(bundle.skus) - excluded
-    keep = np.array([item.sku in catalogue for item in ds.items], dtype=bool)
-    left_out = sorted({item.sku for item in ds.items} - catalogue)
-    return ds.subset(keep), left_out
+    left_out = sorted(set(ds.skus) - set(bundle.skus))
+    return ds.exclude_skus(left_out), left_out
 
 
 def _load_manifest(path: Path, bundle: Bundle, *, recorded: bool) -> tuple[Dataset, list[str]]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from skuscale._base import l2_normalize
+from skuscale._base import l2_normalize, logsumexp
 from skuscale.exceptions import SkuscaleError
 from skuscale.routing import ACCEPT, TOP_K, UNKNOWN, VERIFY
 
@@ -327,7 +327,7 @@ class ScalableDecisionStage:
             t_ood = float(self.temperature if self.ood_temperature is None else self.ood_temperature)
             scaled = logits.astype(np.float64) / t_ood
             top = scaled.max(axis=1)
-            lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+            lse = logsumexp(scaled, axis=1)
             score = -t_ood * lse if self.ood_detector == "energy" else -np.exp(top - lse)
             ood = score.astype(np.float32)
         band = np.where(ood.astype(np.float64) > self.ood_threshold, UNKNOWN,
@@ -338,16 +338,17 @@ class ScalableDecisionStage:
 
 def _stage_detector(detector, head) -> str:
     """The :data:`STAGE_DETECTORS` name of ``detector``, or a :class:`SkuscaleError` saying why the stage cannot."""
-    from skuscale.edge.pipeline import detector_scores_head
+    from skuscale.edge.pipeline import SUPPORTED_DETECTORS, detector_scores_head
 
     name = type(detector).__name__
-    if name == "PrototypeCosineDetector":
+    kind = SUPPORTED_DETECTORS.get(name)
+    if kind == "prototype":
         if getattr(detector, "prototypes_", None) is None:
             raise SkuscaleError("the model's PrototypeCosineDetector is not fitted (no prototypes_)")
-        return "prototype"
-    if name in ("MaxSoftmaxDetector", "EnergyDetector"):
+        return kind
+    if kind in ("msp", "energy"):
         if detector_scores_head(detector, head):
-            return "msp" if name == "MaxSoftmaxDetector" else "energy"
+            return kind
         raise SkuscaleError(
             f"the model's {name} scores a head other than the model's own; ScalableDecisionStage computes "
             "msp and energy scores from the head table only")
