@@ -15,16 +15,8 @@ import numpy as np
 
 from skuscale._base import check_X_y
 from skuscale.assess.base import Check, CheckResult, register, verdict
-from skuscale.ood import DETECTORS, auroc, detection_rate, threshold_at_flag_rate
+from skuscale.ood import DETECTORS, auroc, detection_rate, detector_name, threshold_at_flag_rate
 from skuscale.training import TrainingConfig, _make_fitted_detector, blocked_folds, sku_holdout_groups
-
-
-def detector_name(detector) -> str:
-    """Registry name of a fitted detector instance."""
-    for name, klass in DETECTORS.items():
-        if type(detector) is klass:
-            return name
-    raise ValueError(f"{type(detector).__name__} is not a registered OOD detector")
 
 
 def heldout_sku_detection(

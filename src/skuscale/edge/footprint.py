@@ -305,13 +305,10 @@ def size_for_device(
 
 def detector_layout(detector) -> tuple[str, int]:
     """Registry name of a fitted OOD detector and the rows of its bank (k-NN; 0 otherwise)."""
-    from skuscale.ood import DETECTORS
+    from skuscale.ood import detector_name
 
-    for name, klass in DETECTORS.items():
-        if isinstance(detector, klass):
-            bank = getattr(detector, "bank_", None)
-            return name, 0 if bank is None else int(bank.shape[0])
-    raise ValueError(f"unknown OOD detector {type(detector).__name__}")
+    bank = getattr(detector, "bank_", None)
+    return detector_name(detector), 0 if bank is None else int(bank.shape[0])
 
 
 def measure_bundle(root: str | os.PathLike, *, scale_points: Sequence[int] = SCALE_POINTS,

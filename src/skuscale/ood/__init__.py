@@ -13,6 +13,7 @@ from skuscale.ood.detectors import (
     MahalanobisDetector,
     MaxSoftmaxDetector,
     PrototypeCosineDetector,
+    detector_name,
     make_detector,
 )
 from skuscale.ood.metrics import auroc, detection_rate, threshold_at_flag_rate
@@ -27,6 +28,7 @@ __all__ = [
     "PrototypeCosineDetector",
     "auroc",
     "detection_rate",
+    "detector_name",
     "make_detector",
     "threshold_at_flag_rate",
 ]

@@ -450,6 +450,14 @@ DETECTORS: dict[str, type[BaseDetector]] = {
 }
 
 
+def detector_name(detector: BaseDetector) -> str:
+    """Registry name (a key of :data:`DETECTORS`) of a detector instance."""
+    for name, klass in DETECTORS.items():
+        if type(detector) is klass:
+            return name
+    raise ValueError(f"{type(detector).__name__} is not a registered OOD detector")
+
+
 def make_detector(name: str, **params: Any) -> BaseDetector:
     """Build an unfitted detector from its registry name.
 
